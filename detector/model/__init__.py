@@ -1,0 +1,1 @@
+"""The LSTM: Numba kernels, parameters, optimiser, training."""

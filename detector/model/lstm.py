@@ -1,0 +1,384 @@
+"""Numba kernels of the LSTM: streaming step, sequence forward, BPTT.
+
+Every kernel works on one flat parameter vector ``theta`` whose layout is described by a
+:class:`ModelShape` and documented once, here:
+
+    for each layer l = 0 .. layers-1 (input size D_l = n_inputs for l = 0, hidden otherwise):
+        W_l  (D_l, 4H)     input weights
+        U_l  (H, 4H)       recurrent weights
+        b_l  (4H,)         bias
+    head, when head_hidden K > 0:
+        V1   (H, K)        hidden dense layer, activation ``head_activation`` (relu or tanh)
+        a1   (K,)
+        V2   (K, D_out)    output layer
+        a2   (D_out,)
+    head, when K == 0:
+        V2   (H, D_out), a2 (D_out,)
+
+    Gate blocks along the 4H axis, in this order: i (input), f (forget), g (candidate), o (output).
+
+Row-vector convention: with z_t = [x_t, h_{t-1}] the gate pre-activations are
+z_t @ [W; U] + b, which is the DESIGN.md equation W z + b with the weight matrix transposed
+and split into its input and recurrent parts (so that the input projection of a whole
+sequence is one matrix product). Per layer and step:
+
+    i_t = σ(x_t W_i + h_{t-1} U_i + b_i)       f_t = σ(x_t W_f + h_{t-1} U_f + b_f)
+    g_t = tanh(x_t W_g + h_{t-1} U_g + b_g)    o_t = σ(x_t W_o + h_{t-1} U_o + b_o)
+    c_t = f_t ⊙ c_{t-1} + i_t ⊙ g_t            h_t = o_t ⊙ tanh(c_t)
+
+The head maps the top layer's h_t to ŷ_t, the prediction of the first D_out features of
+x_{t+1}; with ``residual`` set it predicts the change, ŷ_t = x_t[:D_out] + head(h_t).
+
+Kernels are dtype-generic: float32 for serving, float64 for checks. Matrix products go
+through ``np.dot`` (BLAS); everything else is explicit loops over preallocated arrays.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+# The one place where floating-point relaxations are chosen. "contract" lets LLVM fuse
+# multiply-adds; reassociation is left off so float64 kernels match the reference to ~1e-12.
+LSTM_FASTMATH = {"contract", "nsz"}  # a set: numba rejects a frozenset
+
+ACTIVATION_RELU = 0
+ACTIVATION_TANH = 1
+
+
+class ModelShape(NamedTuple):
+    """Sizes of one model; also the key to the layout of ``theta`` (module docstring)."""
+
+    n_inputs: int
+    n_outputs: int
+    hidden: int
+    layers: int
+    head_hidden: int
+    head_activation: int  # ACTIVATION_RELU or ACTIVATION_TANH
+    residual: int  # 1: the head predicts x_{t+1} - x_t
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@njit(cache=True, nogil=True)
+def layer_offset(shape: ModelShape, l: int) -> int:  # pragma: no cover - jitted
+    """Offset of W_l in theta."""
+    H = shape.hidden
+    G = 4 * H
+    off = 0
+    for k in range(l):
+        d_in = shape.n_inputs if k == 0 else H
+        off += d_in * G + H * G + G
+    return off
+
+
+@njit(cache=True, nogil=True)
+def head_offset(shape: ModelShape) -> int:  # pragma: no cover - jitted
+    return layer_offset(shape, shape.layers)
+
+
+@njit(cache=True, nogil=True)
+def param_count(shape: ModelShape) -> int:  # pragma: no cover - jitted
+    H = shape.hidden
+    K = shape.head_hidden
+    n = head_offset(shape)
+    if K > 0:
+        n += H * K + K + K * shape.n_outputs + shape.n_outputs
+    else:
+        n += H * shape.n_outputs + shape.n_outputs
+    return n
+
+
+@njit(cache=True, nogil=True)
+def layer_views(theta, shape: ModelShape, l: int):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """(W_l, U_l, b_l) as views into theta (or into a gradient of the same layout)."""
+    H = shape.hidden
+    G = 4 * H
+    d_in = shape.n_inputs if l == 0 else H
+    off = layer_offset(shape, l)
+    W = theta[off : off + d_in * G].reshape((d_in, G))
+    off += d_in * G
+    U = theta[off : off + H * G].reshape((H, G))
+    off += H * G
+    b = theta[off : off + G]
+    return W, U, b
+
+
+@njit(cache=True, nogil=True)
+def head_views(theta, shape: ModelShape):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """(V1, a1, V2, a2) as views; V1 and a1 are empty when the head has no hidden layer."""
+    H = shape.hidden
+    K = shape.head_hidden
+    D = shape.n_outputs
+    off = head_offset(shape)
+    if K > 0:
+        V1 = theta[off : off + H * K].reshape((H, K))
+        off += H * K
+        a1 = theta[off : off + K]
+        off += K
+        V2 = theta[off : off + K * D].reshape((K, D))
+        off += K * D
+    else:
+        V1 = theta[off:off].reshape((H, 0))
+        a1 = theta[off:off]
+        V2 = theta[off : off + H * D].reshape((H, D))
+        off += H * D
+    a2 = theta[off : off + D]
+    return V1, a1, V2, a2
+
+
+# --------------------------------------------------------------------------- cell pieces
+
+
+@njit(cache=True, nogil=True, fastmath=LSTM_FASTMATH, inline="always")
+def _sigmoid(x):  # type: ignore[no-untyped-def]  # pragma: no cover
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@njit(cache=True, nogil=True, fastmath=LSTM_FASTMATH)
+def _cell_update(pre, c_prev, gates_out, c_out, h_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """From pre-activations (B, 4H) and c_{t-1} (B, H) to activated gates, c_t and h_t."""
+    B = pre.shape[0]
+    H = c_prev.shape[1]
+    for n in range(B):
+        for j in range(H):
+            i_t = _sigmoid(pre[n, j])
+            f_t = _sigmoid(pre[n, H + j])
+            g_t = np.tanh(pre[n, 2 * H + j])
+            o_t = _sigmoid(pre[n, 3 * H + j])
+            c_t = f_t * c_prev[n, j] + i_t * g_t
+            gates_out[n, j] = i_t
+            gates_out[n, H + j] = f_t
+            gates_out[n, 2 * H + j] = g_t
+            gates_out[n, 3 * H + j] = o_t
+            c_out[n, j] = c_t
+            h_out[n, j] = o_t * np.tanh(c_t)
+
+
+@njit(cache=True, nogil=True, fastmath=LSTM_FASTMATH)
+def _head_forward(h_top, x_in, theta, shape: ModelShape, q_out, y_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """ŷ = head(h_top) (+ x_in[:, :D_out] when residual). h_top (N, H), x_in (N, D_in)."""
+    V1, a1, V2, a2 = head_views(theta, shape)
+    if shape.head_hidden > 0:
+        np.dot(h_top, V1, q_out)
+        N, K = q_out.shape
+        for n in range(N):
+            for k in range(K):
+                v = q_out[n, k] + a1[k]
+                if shape.head_activation == ACTIVATION_RELU:
+                    q_out[n, k] = v if v > 0.0 else 0.0
+                else:
+                    q_out[n, k] = np.tanh(v)
+        np.dot(q_out, V2, y_out)
+    else:
+        np.dot(h_top, V2, y_out)
+    N, D = y_out.shape
+    for n in range(N):
+        for d in range(D):
+            y_out[n, d] += a2[d]
+            if shape.residual:
+                y_out[n, d] += x_in[n, d]
+
+
+# --------------------------------------------------------------------------- streaming step
+
+
+@njit(cache=True, nogil=True, fastmath=LSTM_FASTMATH)
+def lstm_step(x, slots, h, c, theta, shape: ModelShape, y_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """One step for S streams, reading and writing their rows of the state tables in place.
+
+    Shapes: x (S, D_in), slots (S,) distinct row indices, h and c (capacity, layers, H),
+    y_out (S, D_out) receives ŷ (the prediction of each stream's next input).
+    Scratch is allocated once per call (per batch), never per stream.
+    """
+    S = x.shape[0]
+    H = shape.hidden
+    G = 4 * H
+    dtype = theta.dtype
+    h_prev = np.empty((S, H), dtype)
+    c_prev = np.empty((S, H), dtype)
+    pre = np.empty((S, G), dtype)
+    rec = np.empty((S, G), dtype)
+    gates = np.empty((S, G), dtype)
+    c_new = np.empty((S, H), dtype)
+    h_new = np.empty((S, H), dtype)
+    q = np.empty((S, shape.head_hidden), dtype)
+    x_l = x
+    for l in range(shape.layers):
+        W, U, b = layer_views(theta, shape, l)
+        for n in range(S):
+            for j in range(H):
+                h_prev[n, j] = h[slots[n], l, j]
+                c_prev[n, j] = c[slots[n], l, j]
+        np.dot(x_l, W, pre)
+        np.dot(h_prev, U, rec)
+        for n in range(S):
+            for j in range(G):
+                pre[n, j] += rec[n, j] + b[j]
+        _cell_update(pre, c_prev, gates, c_new, h_new)
+        for n in range(S):
+            for j in range(H):
+                h[slots[n], l, j] = h_new[n, j]
+                c[slots[n], l, j] = c_new[n, j]
+        x_l = h_new.copy()  # the next layer's input; h_new is overwritten by that layer
+    _head_forward(x_l, x, theta, shape, q, y_out)
+
+
+# --------------------------------------------------------------------------- sequence forward
+
+
+@njit(cache=True, nogil=True, fastmath=LSTM_FASTMATH)
+def lstm_forward(x, h0, c0, theta, shape: ModelShape, hs, cs, gates, q, y):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Forward over a time-major batch of sequences, keeping what BPTT needs.
+
+    Shapes: x (T, B, D_in); h0, c0 (layers, B, H); outputs, all overwritten:
+    hs, cs (layers, T+1, B, H) with hs[:, 0] = h0 and hs[:, t+1] = h_t;
+    gates (layers, T, B, 4H) activated i, f, g, o; q (T, B, K) the head's hidden activations;
+    y (T, B, D_out) the predictions.
+    """
+    T, B, D_in = x.shape
+    H = shape.hidden
+    G = 4 * H
+    rec = np.empty((B, G), theta.dtype)
+    for l in range(shape.layers):
+        W, U, b = layer_views(theta, shape, l)
+        hs[l, 0] = h0[l]
+        cs[l, 0] = c0[l]
+        # The input projection of all T steps is one product: (T*B, D_l) @ (D_l, 4H).
+        if l == 0:
+            x_l = x.reshape((T * B, D_in))
+        else:
+            x_l = hs[l - 1].reshape(((T + 1) * B, H))[B:]
+        pre_all = gates[l].reshape((T * B, G))
+        np.dot(x_l, W, pre_all)
+        for t in range(T):
+            np.dot(hs[l, t], U, rec)
+            pre = gates[l, t]
+            for n in range(B):
+                for j in range(G):
+                    pre[n, j] += rec[n, j] + b[j]
+            _cell_update(pre, cs[l, t], pre, cs[l, t + 1], hs[l, t + 1])
+    h_top = hs[shape.layers - 1].reshape(((T + 1) * B, H))[B:]
+    _head_forward(
+        h_top,
+        x.reshape((T * B, D_in)),
+        theta,
+        shape,
+        q.reshape((T * B, shape.head_hidden)),
+        y.reshape((T * B, shape.n_outputs)),
+    )
+
+
+@njit(cache=True, nogil=True, fastmath=LSTM_FASTMATH)
+def mse_loss_grad(y, target, washout, dy):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Mean squared error over steps t >= washout; writes dL/dŷ into dy (T, B, D_out)."""
+    T, B, D = y.shape
+    count = (T - washout) * B * D
+    scale = 1.0 / count
+    loss = 0.0
+    for t in range(T):
+        for n in range(B):
+            for d in range(D):
+                if t < washout:
+                    dy[t, n, d] = 0.0
+                else:
+                    e = y[t, n, d] - target[t, n, d]
+                    loss += e * e
+                    dy[t, n, d] = 2.0 * e * scale
+    return loss * scale
+
+
+# --------------------------------------------------------------------------- BPTT
+
+
+@njit(cache=True, nogil=True, fastmath=LSTM_FASTMATH)
+def _column_sums(a, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    N, M = a.shape
+    for m in range(M):
+        out[m] = 0.0
+    for n in range(N):
+        for m in range(M):
+            out[m] += a[n, m]
+
+
+@njit(cache=True, nogil=True, fastmath=LSTM_FASTMATH)
+def lstm_backward(x, dy, theta, shape: ModelShape, hs, cs, gates, q, grad):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Backpropagation through the T steps of one ``lstm_forward``; writes dL/dθ into grad.
+
+    dy (T, B, D_out) is dL/dŷ; hs, cs, gates, q are the forward's outputs. The initial
+    state is treated as a constant (truncation at the window start).
+    """
+    T, B, D_in = x.shape
+    H = shape.hidden
+    G = 4 * H
+    K = shape.head_hidden
+    dtype = theta.dtype
+    grad[:] = 0.0
+    dy2 = dy.reshape((T * B, shape.n_outputs))
+
+    # Head.
+    V1, a1, V2, a2 = head_views(theta, shape)
+    dV1, da1, dV2, da2 = head_views(grad, shape)
+    h_top = hs[shape.layers - 1].reshape(((T + 1) * B, H))[B:]
+    dh_out = np.empty((T * B, H), dtype)  # dL/dh_t of the layer being processed, from above
+    _column_sums(dy2, da2)
+    if K > 0:
+        q2 = q.reshape((T * B, K))
+        np.dot(q2.T, dy2, dV2)
+        dq = np.dot(dy2, V2.T)
+        for n in range(T * B):
+            for k in range(K):
+                if shape.head_activation == ACTIVATION_RELU:
+                    if q2[n, k] <= 0.0:
+                        dq[n, k] = 0.0
+                else:
+                    dq[n, k] *= 1.0 - q2[n, k] * q2[n, k]
+        np.dot(h_top.T, dq, dV1)
+        _column_sums(dq, da1)
+        np.dot(dq, V1.T, dh_out)
+    else:
+        np.dot(h_top.T, dy2, dV2)
+        np.dot(dy2, V2.T, dh_out)
+
+    # Layers, top to bottom.
+    dG = np.empty((T, B, G), dtype)
+    dh_next = np.empty((B, H), dtype)
+    dc_next = np.empty((B, H), dtype)
+    for l in range(shape.layers - 1, -1, -1):
+        W, U, b = layer_views(theta, shape, l)
+        dW, dU, db = layer_views(grad, shape, l)
+        dh_next[:] = 0.0
+        dc_next[:] = 0.0
+        dh_out3 = dh_out.reshape((T, B, H))
+        for t in range(T - 1, -1, -1):
+            gt = gates[l, t]
+            c_t = cs[l, t + 1]
+            c_prev = cs[l, t]
+            for n in range(B):
+                for j in range(H):
+                    i_t = gt[n, j]
+                    f_t = gt[n, H + j]
+                    g_t = gt[n, 2 * H + j]
+                    o_t = gt[n, 3 * H + j]
+                    tc = np.tanh(c_t[n, j])
+                    dh = dh_out3[t, n, j] + dh_next[n, j]
+                    dc = dc_next[n, j] + dh * o_t * (1.0 - tc * tc)
+                    dG[t, n, j] = dc * g_t * i_t * (1.0 - i_t)
+                    dG[t, n, H + j] = dc * c_prev[n, j] * f_t * (1.0 - f_t)
+                    dG[t, n, 2 * H + j] = dc * i_t * (1.0 - g_t * g_t)
+                    dG[t, n, 3 * H + j] = dh * tc * o_t * (1.0 - o_t)
+                    dc_next[n, j] = dc * f_t
+            np.dot(dG[t], U.T, dh_next)
+        dG2 = dG.reshape((T * B, G))
+        h_prev_all = hs[l].reshape(((T + 1) * B, H))[: T * B]
+        np.dot(h_prev_all.T, dG2, dU)
+        _column_sums(dG2, db)
+        if l == 0:
+            np.dot(x.reshape((T * B, D_in)).T, dG2, dW)
+        else:
+            x_l = hs[l - 1].reshape(((T + 1) * B, H))[B:]
+            np.dot(x_l.T, dG2, dW)
+            np.dot(dG2, W.T, dh_out)  # becomes dL/dh_t of layer l-1

@@ -1,0 +1,133 @@
+"""Typed, validating entry points to the LSTM kernels.
+
+The kernels in :mod:`detector.model.lstm` trust their inputs (a wrong shape there is a
+segfault or silent garbage); these wrappers check shapes and dtypes once per call and say
+what was expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from detector.model import lstm
+from detector.model.params import LSTMParams
+
+FloatArray = NDArray[np.floating]
+
+
+def _check(name: str, a: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, what: str) -> None:
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}; expected {shape} = ({what})")
+    if a.dtype != dtype:
+        raise ValueError(f"{name} has dtype {a.dtype}; expected {dtype} (the parameters' dtype)")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+
+
+def step(
+    params: LSTMParams,
+    x: FloatArray,
+    slots: NDArray[np.int64],
+    h: FloatArray,
+    c: FloatArray,
+    out: FloatArray | None = None,
+) -> FloatArray:
+    """Advance the streams in rows ``slots`` of state tables h, c by one input each.
+
+    x (S, n_inputs); slots (S,) distinct; h, c (capacity, layers, hidden), updated in place.
+    Returns ŷ (S, n_outputs), each stream's prediction of its next input.
+    """
+    shape = params.shape
+    S = x.shape[0] if x.ndim == 2 else -1
+    _check("x", x, (S, shape.n_inputs), params.dtype, "streams, features")
+    capacity = h.shape[0] if h.ndim == 3 else -1
+    state_shape = (capacity, shape.layers, shape.hidden)
+    _check("h", h, state_shape, params.dtype, "capacity, layers, hidden")
+    _check("c", c, state_shape, params.dtype, "capacity, layers, hidden")
+    if slots.shape != (S,) or slots.dtype != np.int64:
+        raise ValueError(f"slots has shape {slots.shape} and dtype {slots.dtype}; expected ({S},) int64")
+    if S and (slots.min() < 0 or slots.max() >= capacity):
+        raise ValueError(f"slots must lie in [0, {capacity})")
+    if np.unique(slots).size != S:
+        raise ValueError("slots must be distinct within one step; split repeated streams")
+    if out is None:
+        out = np.empty((S, shape.n_outputs), dtype=params.dtype)
+    _check("out", out, (S, shape.n_outputs), params.dtype, "streams, outputs")
+    lstm.lstm_step(x, slots, h, c, params.theta, shape, out)
+    return out
+
+
+@dataclass(slots=True)
+class Forward:
+    """What one sequence forward produced and what its backward pass needs."""
+
+    x: FloatArray  # (T, B, n_inputs)
+    hs: FloatArray  # (layers, T+1, B, H); [:, 0] is the initial state
+    cs: FloatArray  # (layers, T+1, B, H)
+    gates: FloatArray  # (layers, T, B, 4H)
+    q: FloatArray  # (T, B, head_hidden)
+    y: FloatArray  # (T, B, n_outputs)
+
+
+def forward(
+    params: LSTMParams,
+    x: FloatArray,
+    h0: FloatArray | None = None,
+    c0: FloatArray | None = None,
+) -> Forward:
+    """Run a time-major batch x (T, B, n_inputs) from initial state h0, c0 (zeros if None)."""
+    shape = params.shape
+    if x.ndim != 3:
+        raise ValueError(f"x has shape {x.shape}; expected (steps, batch, {shape.n_inputs})")
+    T, B, _ = x.shape
+    if T < 1 or B < 1:
+        raise ValueError(f"x has shape {x.shape}; expected at least one step and one sequence")
+    _check("x", x, (T, B, shape.n_inputs), params.dtype, "steps, batch, features")
+    L, H, dtype = shape.layers, shape.hidden, params.dtype
+    h0 = np.zeros((L, B, H), dtype) if h0 is None else h0
+    c0 = np.zeros((L, B, H), dtype) if c0 is None else c0
+    _check("h0", h0, (L, B, H), dtype, "layers, batch, hidden")
+    _check("c0", c0, (L, B, H), dtype, "layers, batch, hidden")
+    fw = Forward(
+        x=x,
+        hs=np.empty((L, T + 1, B, H), dtype),
+        cs=np.empty((L, T + 1, B, H), dtype),
+        gates=np.empty((L, T, B, 4 * H), dtype),
+        q=np.empty((T, B, shape.head_hidden), dtype),
+        y=np.empty((T, B, shape.n_outputs), dtype),
+    )
+    lstm.lstm_forward(x, h0, c0, params.theta, shape, fw.hs, fw.cs, fw.gates, fw.q, fw.y)
+    return fw
+
+
+def loss_and_grad(
+    params: LSTMParams,
+    x: FloatArray,
+    target: FloatArray,
+    washout: int = 0,
+    grad: FloatArray | None = None,
+) -> tuple[float, FloatArray]:
+    """MSE of the predictions of ``target`` (T, B, n_outputs) over steps >= washout, and its
+    gradient with respect to every parameter (BPTT over the T steps, from zero state)."""
+    fw = forward(params, x)
+    T, B, _ = x.shape
+    _check("target", target, (T, B, params.shape.n_outputs), params.dtype, "steps, batch, outputs")
+    if not 0 <= washout < T:
+        raise ValueError(f"washout is {washout}; expected 0 to steps - 1 ({T - 1})")
+    dy = np.empty_like(fw.y)
+    loss = lstm.mse_loss_grad(fw.y, target, washout, dy)
+    if grad is None:
+        grad = np.empty_like(params.theta)
+    _check("grad", grad, params.theta.shape, params.dtype, "parameters")
+    lstm.lstm_backward(x, dy, params.theta, params.shape, fw.hs, fw.cs, fw.gates, fw.q, grad)
+    return float(loss), grad
+
+
+def mse(params: LSTMParams, x: FloatArray, target: FloatArray, washout: int = 0) -> float:
+    """Loss only (no gradient), for validation."""
+    fw = forward(params, x)
+    dy = np.empty_like(fw.y)
+    return float(lstm.mse_loss_grad(fw.y, target, washout, dy))

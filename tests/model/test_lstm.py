@@ -1,0 +1,190 @@
+"""The Numba LSTM against the NumPy reference, finite differences, and itself (stream == batch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from detector.model import lstm, network
+from detector.model.params import LSTMParams, make_shape, tensor_layout
+from tests.reference import lstm_numpy as ref
+
+SHAPES = {
+    "1 layer, D=1, linear head": dict(n_inputs=1, n_outputs=1, hidden=5, layers=1),
+    "2 layers, D=3, relu head": dict(
+        n_inputs=3, n_outputs=3, hidden=4, layers=2, head_hidden=6, head_activation="relu"
+    ),
+    "3 layers, D=3, tanh head, residual, 2 outputs": dict(
+        n_inputs=3, n_outputs=2, hidden=4, layers=3, head_hidden=3, head_activation="tanh",
+        residual=True,
+    ),
+    "1 layer, D=3, residual": dict(n_inputs=3, n_outputs=3, hidden=6, layers=1, residual=True),
+}
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol=1e-13)}
+
+
+def make_params(kwargs, dtype, seed=0) -> LSTMParams:
+    params = LSTMParams.init(make_shape(**kwargs), np.random.default_rng(seed), dtype=np.float64)
+    # Perturb the biases too, so that no term of the equations is tested at zero.
+    params.theta[:] += 0.1 * np.random.default_rng(seed + 1).standard_normal(params.theta.size)
+    return params.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SHAPES)
+def test_forward_equals_numpy_reference(case, dtype):
+    params = make_params(SHAPES[case], dtype)
+    x = np.random.default_rng(2).standard_normal((7, 4, params.shape.n_inputs)).astype(dtype)
+    comp = network.forward(params, x)
+    y_ref, h_ref, c_ref = ref.forward(params.tensors(), params.shape, x)
+    npt.assert_allclose(comp.y, y_ref, **TOL[dtype])
+    npt.assert_allclose(comp.hs[:, -1], h_ref, **TOL[dtype])
+    npt.assert_allclose(comp.cs[:, -1], c_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SHAPES)
+def test_forward_from_nonzero_state_equals_reference(case, dtype):
+    params = make_params(SHAPES[case], dtype)
+    L, H = params.shape.layers, params.shape.hidden
+    rng = np.random.default_rng(3)
+    h0 = (0.5 * rng.standard_normal((L, 2, H))).astype(dtype)
+    c0 = rng.standard_normal((L, 2, H)).astype(dtype)
+    x = rng.standard_normal((5, 2, params.shape.n_inputs)).astype(dtype)
+    comp = network.forward(params, x, h0, c0)
+    y_ref, h_ref, _ = ref.forward(params.tensors(), params.shape, x, h0, c0)
+    npt.assert_allclose(comp.y, y_ref, **TOL[dtype])
+    npt.assert_allclose(comp.hs[:, -1], h_ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", SHAPES)
+def test_batched_steps_equal_sequence_forward(case, dtype):
+    """Stream == batch: T calls of the in-place step give the states and outputs of one forward.
+
+    The streams sit at scattered rows of a larger table; the other rows must not change.
+    """
+    params = make_params(SHAPES[case], dtype)
+    T, B = 9, 5
+    L, H = params.shape.layers, params.shape.hidden
+    x = np.random.default_rng(4).standard_normal((T, B, params.shape.n_inputs)).astype(dtype)
+    seq = network.forward(params, x)
+
+    capacity = 20
+    slots = np.array([17, 3, 8, 0, 11], dtype=np.int64)
+    rng = np.random.default_rng(5)
+    h = rng.standard_normal((capacity, L, H)).astype(dtype)
+    c = rng.standard_normal((capacity, L, H)).astype(dtype)
+    h[slots] = 0.0
+    c[slots] = 0.0
+    untouched = np.setdiff1d(np.arange(capacity), slots)
+    h_other, c_other = h[untouched].copy(), c[untouched].copy()
+    for t in range(T):
+        y_t = network.step(params, np.ascontiguousarray(x[t]), slots, h, c)
+        npt.assert_allclose(y_t, seq.y[t], **TOL[dtype])
+    npt.assert_allclose(h[slots].transpose(1, 0, 2), seq.hs[:, -1], **TOL[dtype])
+    npt.assert_allclose(c[slots].transpose(1, 0, 2), seq.cs[:, -1], **TOL[dtype])
+    npt.assert_array_equal(h[untouched], h_other)
+    npt.assert_array_equal(c[untouched], c_other)
+
+
+def relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300))
+
+
+@pytest.mark.parametrize("case", SHAPES)
+@pytest.mark.parametrize("washout", [0, 2])
+def test_bptt_gradient_equals_central_finite_differences(case, washout):
+    params = make_params(SHAPES[case] | {"hidden": 3}, np.float64)
+    T, B = 5, 2
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((T, B, params.shape.n_inputs))
+    target = rng.standard_normal((T, B, params.shape.n_outputs))
+    loss, grad = network.loss_and_grad(params, x, target, washout)
+    assert loss == pytest.approx(ref.mse(params.tensors(), params.shape, x, target, washout))
+
+    eps = 1e-6
+    fd = np.empty_like(params.theta)
+    theta = params.theta
+    for k in range(theta.size):
+        saved = theta[k]
+        theta[k] = saved + eps
+        up = ref.mse(params.tensors(), params.shape, x, target, washout)
+        theta[k] = saved - eps
+        down = ref.mse(params.tensors(), params.shape, x, target, washout)
+        theta[k] = saved
+        fd[k] = (up - down) / (2 * eps)
+    for name, offset, tshape in tensor_layout(params.shape):
+        part = slice(offset, offset + int(np.prod(tshape)))
+        assert relative_error(grad[part], fd[part]) < 1e-6, name
+        assert np.linalg.norm(fd[part]) > 0, f"{name}: the check would pass vacuously"
+
+
+@pytest.mark.parametrize("case", SHAPES)
+def test_jitted_views_match_named_layout(case):
+    params = make_params(SHAPES[case], np.float64)
+    named = params.tensors()
+    for l in range(params.shape.layers):
+        W, U, b = lstm.layer_views(params.theta, params.shape, l)
+        npt.assert_array_equal(W, named[f"layer{l}.W"])
+        npt.assert_array_equal(U, named[f"layer{l}.U"])
+        npt.assert_array_equal(b, named[f"layer{l}.b"])
+    V1, a1, V2, a2 = lstm.head_views(params.theta, params.shape)
+    npt.assert_array_equal(V2, named["head.V2"])
+    npt.assert_array_equal(a2, named["head.a2"])
+    if params.shape.head_hidden:
+        npt.assert_array_equal(V1, named["head.V1"])
+        npt.assert_array_equal(a1, named["head.a1"])
+    last_name, last_offset, last_shape = tensor_layout(params.shape)[-1]
+    assert last_offset + int(np.prod(last_shape)) == lstm.param_count(params.shape)
+
+
+def test_init_sets_forget_bias_and_orthogonal_recurrent_blocks():
+    params = LSTMParams.init(make_shape(n_inputs=2, n_outputs=2, hidden=8, layers=2),
+                             np.random.default_rng(0), dtype=np.float64)
+    t = params.tensors()
+    H = 8
+    for l in range(2):
+        b = t[f"layer{l}.b"]
+        npt.assert_array_equal(b[H : 2 * H], 1.0)
+        npt.assert_array_equal(np.delete(b, np.s_[H : 2 * H]), 0.0)
+        for gate in range(4):
+            block = t[f"layer{l}.U"][:, gate * H : (gate + 1) * H]
+            npt.assert_allclose(block.T @ block, np.eye(H), atol=1e-12)
+
+
+def test_init_is_deterministic_for_a_seed():
+    shape = make_shape(n_inputs=1, n_outputs=1, hidden=4)
+    a = LSTMParams.init(shape, np.random.default_rng(42))
+    b = LSTMParams.init(shape, np.random.default_rng(42))
+    npt.assert_array_equal(a.theta, b.theta)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(n_inputs=0, n_outputs=1, hidden=4), "n_inputs is 0"),
+        (dict(n_inputs=2, n_outputs=3, hidden=4), "n_outputs is 3"),
+        (dict(n_inputs=1, n_outputs=1, hidden=4, layers=5), "layers is 5"),
+        (dict(n_inputs=1, n_outputs=1, hidden=4, head_activation="gelu"), "head_activation"),
+    ],
+)
+def test_make_shape_rejects_bad_sizes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_shape(**kwargs)
+
+
+def test_step_wrapper_names_the_wrong_shape_and_dtype():
+    params = make_params(SHAPES["1 layer, D=3, residual"], np.float32)
+    h = np.zeros((4, 1, 6), np.float32)
+    c = np.zeros((4, 1, 6), np.float32)
+    slots = np.array([0, 1], np.int64)
+    with pytest.raises(ValueError, match=r"x has shape \(2, 2\); expected \(2, 3\)"):
+        network.step(params, np.zeros((2, 2), np.float32), slots, h, c)
+    with pytest.raises(ValueError, match="x has dtype float64"):
+        network.step(params, np.zeros((2, 3)), slots, h, c)
+    with pytest.raises(ValueError, match="distinct"):
+        network.step(params, np.zeros((2, 3), np.float32), np.array([1, 1]), h, c)
+    with pytest.raises(ValueError, match=r"slots must lie in \[0, 4\)"):
+        network.step(params, np.zeros((2, 3), np.float32), np.array([0, 4]), h, c)
