@@ -1,0 +1,1 @@
+"""Sources, sinks and every wire or file format."""

@@ -1,0 +1,80 @@
+"""Settings: precedence, frozen, clear errors, and config.example.toml matches the code."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from detector.config import Settings, load_settings
+from detector.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("DETECTOR_"):
+            monkeypatch.delenv(key)
+
+
+def test_precedence_defaults_file_environment_command_line(tmp_path, monkeypatch):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[training]\nepochs = 11\nbatch_size = 5\nseed = 3\n")
+    assert load_settings().training.epochs == Settings().training.epochs
+    s = load_settings(cfg)
+    assert (s.training.epochs, s.training.batch_size, s.training.seed) == (11, 5, 3)
+    monkeypatch.setenv("DETECTOR_TRAINING__EPOCHS", "7")
+    s = load_settings(cfg)
+    assert (s.training.epochs, s.training.batch_size) == (7, 5)
+    s = load_settings(cfg, {"training.epochs": 2, "training.seed": None})
+    assert (s.training.epochs, s.training.seed) == (2, 3)
+    monkeypatch.setenv("DETECTOR_CONFIG", str(cfg))
+    assert load_settings().training.batch_size == 5
+
+
+def test_settings_are_frozen():
+    s = load_settings()
+    with pytest.raises(ValidationError):
+        s.training.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[model]\nhidden_size = -3\n", r"model\.hidden_size: .*greater than or equal to 1.*-3"),
+        ("[model]\nhead_activation = 'gelu'\n", r"model\.head_activation: .*'relu' or 'tanh'"),
+        ("[training]\nbogus = 1\n", r"training\.bogus: Extra inputs are not permitted"),
+        ("[training]\nwindow_len = 10\nwashout = 9\n", r"washout \(9\) must be less than"),
+        ("[model\n", r"cannot be read"),
+    ],
+)
+def test_invalid_values_name_the_key(tmp_path, toml, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg)
+
+
+def test_environment_errors_name_the_key(monkeypatch):
+    monkeypatch.setenv("DETECTOR_MODEL__LAYERS", "9")
+    with pytest.raises(ConfigError, match=r"model\.layers: .*less than or equal to 4"):
+        load_settings()
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_example_config_lists_every_field_with_its_default():
+    with EXAMPLE.open("rb") as f:
+        example = tomllib.load(f)
+    defaults = Settings().model_dump(mode="json")
+    assert example == defaults
+    assert load_settings(EXAMPLE) == Settings()
