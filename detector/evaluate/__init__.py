@@ -1,0 +1,1 @@
+"""Offline evaluation of detector output: NAB scoring."""
