@@ -50,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model offline on CSV or JSON-lines files and write a model file",
         description="Train the LSTM by BPTT on windows cut from the input series.",
     )
-    train.add_argument("--input", nargs="+", required=True, type=Path, metavar="PATH",
-                       help="CSV (timestamp,value[,...]) or JSON-lines files")
+    train.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="CSV (timestamp,value[,...]) or JSON-lines files",
+    )
     train.add_argument("--out", required=True, type=Path, metavar="FILE", help="model file (.npz)")
     _add_config_flag(train)
     train.add_argument("--epochs", type=int, help="maximum epochs (training.epochs)")
@@ -66,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser(
         "config", help="show the effective configuration", description="Configuration."
     )
-    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND",
-                                            required=True)
+    config_commands = config.add_subparsers(
+        dest="config_command", metavar="SUBCOMMAND", required=True
+    )
     show = config_commands.add_parser(
         "show", help="print the effective configuration (defaults < file < environment)"
     )
@@ -77,8 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_config_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, metavar="FILE",
-                   help="TOML configuration file (default: $DETECTOR_CONFIG)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML configuration file (default: $DETECTOR_CONFIG)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,8 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
-    sys.stdout.write(orjson.dumps(settings.model_dump(mode="json"),
-                                  option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(
+        orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode() + "\n"
+    )
     return EXIT_OK
 
 
@@ -124,8 +136,14 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             )
     tcfg, mcfg = settings.training, settings.model
     windows = windows_from_series([s.values for s in series], tcfg.window_len, tcfg.stride)
-    log.info("training_data_loaded", series=len(series), points=sum(len(s.values) for s in series),
-             windows=len(windows), window_len=tcfg.window_len, features=list(features))
+    log.info(
+        "training_data_loaded",
+        series=len(series),
+        points=sum(len(s.values) for s in series),
+        windows=len(windows),
+        window_len=tcfg.window_len,
+        features=list(features),
+    )
     if len(windows) < 2:
         raise InputFileError(
             f"the inputs give {len(windows)} window(s) of {tcfg.window_len} points; "
@@ -144,13 +162,24 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     initial = LSTMParams.init(shape, np.random.default_rng(tcfg.seed), dtype=dtype)
 
     n_train = len(windows) - max(1, round(len(windows) * tcfg.val_fraction))
-    with tqdm(total=tcfg.epochs * n_train, unit="win", desc="training", disable=None,
-              file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=tcfg.epochs * n_train,
+        unit="win",
+        desc="training",
+        disable=None,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
 
         def on_epoch(stats: EpochStats, improved: bool) -> None:
-            log.info("epoch_finished", epoch=stats.epoch, train_loss=round(stats.train_loss, 6),
-                     val_loss=round(stats.val_loss, 6), best=improved,
-                     seconds=round(stats.seconds, 2))
+            log.info(
+                "epoch_finished",
+                epoch=stats.epoch,
+                train_loss=round(stats.train_loss, 6),
+                val_loss=round(stats.val_loss, 6),
+                best=improved,
+                seconds=round(stats.seconds, 2),
+            )
 
         params, report = train(windows, initial, tcfg, on_batch=bar.update, on_epoch=on_epoch)
 
@@ -170,10 +199,16 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             training=training,
         ),
     )
-    log.info("model_saved", path=str(args.out), best_epoch=report.best_epoch,
-             initial_val_loss=round(report.initial_val_loss, 6),
-             best_val_loss=round(report.best_val_loss, 6), epochs_run=len(report.epochs),
-             seconds=round(report.wall_time_s, 1), content_hash=stored.content_hash)
+    log.info(
+        "model_saved",
+        path=str(args.out),
+        best_epoch=report.best_epoch,
+        initial_val_loss=round(report.initial_val_loss, 6),
+        best_val_loss=round(report.best_val_loss, 6),
+        epochs_run=len(report.epochs),
+        seconds=round(report.wall_time_s, 1),
+        content_hash=stored.content_hash,
+    )
     return EXIT_OK
 
 

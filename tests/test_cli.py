@@ -19,8 +19,14 @@ def run(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.Compl
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "detector", *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "detector", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_help_lists_every_command():
@@ -32,8 +38,18 @@ def test_help_lists_every_command():
 
 def test_train_writes_a_loadable_model_and_logs_each_epoch(tmp_path):
     out = tmp_path / "model.npz"
-    result = run("train", "--input", str(SAMPLE), "--out", str(out), "--epochs", "3",
-                 "--hidden-size", "8", env_extra={"DETECTOR_LOG__FORMAT": "json"})
+    result = run(
+        "train",
+        "--input",
+        str(SAMPLE),
+        "--out",
+        str(out),
+        "--epochs",
+        "3",
+        "--hidden-size",
+        "8",
+        env_extra={"DETECTOR_LOG__FORMAT": "json"},
+    )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     epochs = [e for e in events if e["event"] == "epoch_finished"]
@@ -54,8 +70,9 @@ def test_bad_input_is_exit_1_with_the_file_named(tmp_path):
 
 
 def test_invalid_configuration_is_exit_2_naming_the_key(tmp_path):
-    result = run("train", "--input", str(SAMPLE), "--out", str(tmp_path / "m.npz"),
-                 "--hidden-size", "0")
+    result = run(
+        "train", "--input", str(SAMPLE), "--out", str(tmp_path / "m.npz"), "--hidden-size", "0"
+    )
     assert result.returncode == 2
     assert "model.hidden_size" in result.stderr
     result = run("config", "show", env_extra={"DETECTOR_TRAINING__DTYPE": "float16"})

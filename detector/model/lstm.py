@@ -202,9 +202,9 @@ def _tanh_impl(x):  # type: ignore[no-untyped-def]  # pragma: no cover
         def tanh_f32(x):  # type: ignore[no-untyped-def]
             x = x if x > np.float32(-9.0) else np.float32(-9.0)
             x = x if x < np.float32(9.0) else np.float32(9.0)
-            return np.float32(2.0) / (np.float32(1.0) + _exp_f32(np.float32(-2.0) * x)) - np.float32(
-                1.0
-            )
+            return np.float32(2.0) / (
+                np.float32(1.0) + _exp_f32(np.float32(-2.0) * x)
+            ) - np.float32(1.0)
 
         return tanh_f32
 
@@ -332,10 +332,7 @@ def lstm_forward(x, h0, c0, theta, shape: ModelShape, hs, cs, gates, q, y):  # t
         hs[l, 0] = h0[l]
         cs[l, 0] = c0[l]
         # The input projection of all T steps is one product: (T*B, D_l) @ (D_l, 4H).
-        if l == 0:
-            x_l = x.reshape((T * B, D_in))
-        else:
-            x_l = hs[l - 1].reshape(((T + 1) * B, H))[B:]
+        x_l = x.reshape((T * B, D_in)) if l == 0 else hs[l - 1].reshape(((T + 1) * B, H))[B:]
         pre_all = gates[l].reshape((T * B, G))
         np.dot(x_l, W, pre_all)
         for t in range(T):
@@ -405,7 +402,7 @@ def lstm_backward(x, dy, theta, shape: ModelShape, hs, cs, gates, q, grad):  # t
     dy2 = dy.reshape((T * B, shape.n_outputs))
 
     # Head.
-    V1, a1, V2, a2 = head_views(theta, shape)
+    V1, _a1, V2, _a2 = head_views(theta, shape)
     dV1, da1, dV2, da2 = head_views(grad, shape)
     h_top = hs[shape.layers - 1].reshape(((T + 1) * B, H))[B:]
     dh_out = np.empty((T * B, H), dtype)  # dL/dh_t of the layer being processed, from above
@@ -433,7 +430,7 @@ def lstm_backward(x, dy, theta, shape: ModelShape, hs, cs, gates, q, grad):  # t
     dh_next = np.empty((B, H), dtype)
     dc_next = np.empty((B, H), dtype)
     for l in range(shape.layers - 1, -1, -1):
-        W, U, b = layer_views(theta, shape, l)
+        W, U, _b = layer_views(theta, shape, l)
         dW, dU, db = layer_views(grad, shape, l)
         dh_next[:] = 0.0
         dc_next[:] = 0.0

@@ -48,7 +48,9 @@ def step(
     _check("h", h, state_shape, params.dtype, "capacity, layers, hidden")
     _check("c", c, state_shape, params.dtype, "capacity, layers, hidden")
     if slots.shape != (S,) or slots.dtype != np.int64:
-        raise ValueError(f"slots has shape {slots.shape} and dtype {slots.dtype}; expected ({S},) int64")
+        raise ValueError(
+            f"slots has shape {slots.shape} and dtype {slots.dtype}; expected ({S},) int64"
+        )
     if S and (slots.min() < 0 or slots.max() >= capacity):
         raise ValueError(f"slots must lie in [0, {capacity})")
     if np.unique(slots).size != S:

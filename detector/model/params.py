@@ -176,7 +176,7 @@ class LSTMParams:
     def decay_mask(self) -> NDArray[np.floating]:
         """1 for weight matrices, 0 for biases: weight decay leaves biases alone."""
         mask = np.zeros_like(self.theta)
-        for name, offset, tshape in tensor_layout(self.shape):
+        for _name, offset, tshape in tensor_layout(self.shape):
             if len(tshape) == 2:
                 mask[offset : offset + int(np.prod(tshape))] = 1.0
         return mask

@@ -16,7 +16,12 @@ SHAPES = {
         n_inputs=3, n_outputs=3, hidden=4, layers=2, head_hidden=6, head_activation="relu"
     ),
     "3 layers, D=3, tanh head, residual, 2 outputs": dict(
-        n_inputs=3, n_outputs=2, hidden=4, layers=3, head_hidden=3, head_activation="tanh",
+        n_inputs=3,
+        n_outputs=2,
+        hidden=4,
+        layers=3,
+        head_hidden=3,
+        head_activation="tanh",
         residual=True,
     ),
     "1 layer, D=3, residual": dict(n_inputs=3, n_outputs=3, hidden=6, layers=1, residual=True),
@@ -136,13 +141,16 @@ def test_jitted_views_match_named_layout(case):
     if params.shape.head_hidden:
         npt.assert_array_equal(V1, named["head.V1"])
         npt.assert_array_equal(a1, named["head.a1"])
-    last_name, last_offset, last_shape = tensor_layout(params.shape)[-1]
+    _, last_offset, last_shape = tensor_layout(params.shape)[-1]
     assert last_offset + int(np.prod(last_shape)) == lstm.param_count(params.shape)
 
 
 def test_init_sets_forget_bias_and_orthogonal_recurrent_blocks():
-    params = LSTMParams.init(make_shape(n_inputs=2, n_outputs=2, hidden=8, layers=2),
-                             np.random.default_rng(0), dtype=np.float64)
+    params = LSTMParams.init(
+        make_shape(n_inputs=2, n_outputs=2, hidden=8, layers=2),
+        np.random.default_rng(0),
+        dtype=np.float64,
+    )
     t = params.tensors()
     H = 8
     for l in range(2):

@@ -22,8 +22,9 @@ def noisy_sine(n=3000, period=50, noise=0.1, seed=0):
 def test_training_on_a_noisy_sine_lowers_validation_mse_tenfold():
     windows = windows_from_series([noisy_sine()], length=64, stride=8)
     settings = TrainingSettings(epochs=20, patience=5, learning_rate=3e-3, seed=0)
-    initial = LSTMParams.init(make_shape(n_inputs=1, n_outputs=1, hidden=16, residual=False),
-                              np.random.default_rng(0))
+    initial = LSTMParams.init(
+        make_shape(n_inputs=1, n_outputs=1, hidden=16, residual=False), np.random.default_rng(0)
+    )
     params, report = train(windows, initial, settings)
     assert report.initial_val_loss / report.best_val_loss >= 10.0
     assert report.best_epoch >= 1
@@ -36,8 +37,9 @@ def test_training_is_deterministic_for_a_seed():
     windows = windows_from_series([noisy_sine(n=800)], length=32, stride=4)
     settings = TrainingSettings(window_len=32, epochs=3, seed=7)
     shape = make_shape(n_inputs=1, n_outputs=1, hidden=8)
-    runs = [train(windows, LSTMParams.init(shape, np.random.default_rng(7)), settings)
-            for _ in range(2)]
+    runs = [
+        train(windows, LSTMParams.init(shape, np.random.default_rng(7)), settings) for _ in range(2)
+    ]
     assert runs[0][0].theta.tobytes() == runs[1][0].theta.tobytes()
     assert [e.val_loss for e in runs[0][1].epochs] == [e.val_loss for e in runs[1][1].epochs]
 
@@ -45,12 +47,18 @@ def test_training_is_deterministic_for_a_seed():
 def test_early_stopping_restores_the_best_epoch():
     windows = windows_from_series([noisy_sine(n=600)], length=32, stride=4)
     # A huge learning rate makes later epochs worse: training must stop and keep the best.
-    settings = TrainingSettings(window_len=32, epochs=40, patience=2, learning_rate=0.9,
-                                clip_norm=0.0, seed=1)
-    params, report = train(windows, LSTMParams.init(make_shape(n_inputs=1, n_outputs=1, hidden=8),
-                                                    np.random.default_rng(1)), settings)
+    settings = TrainingSettings(
+        window_len=32, epochs=40, patience=2, learning_rate=0.9, clip_norm=0.0, seed=1
+    )
+    _, report = train(
+        windows,
+        LSTMParams.init(make_shape(n_inputs=1, n_outputs=1, hidden=8), np.random.default_rng(1)),
+        settings,
+    )
     assert report.stopped_early
-    assert report.best_val_loss == min([report.initial_val_loss] + [e.val_loss for e in report.epochs])
+    assert report.best_val_loss == min(
+        [report.initial_val_loss] + [e.val_loss for e in report.epochs]
+    )
 
 
 def test_split_holds_out_a_fraction_and_shifts_targets():
@@ -80,8 +88,9 @@ def test_standardization_survives_constant_series_and_drops_nan_windows():
 
 
 def test_adam_matches_the_published_update():
-    params = LSTMParams.init(make_shape(n_inputs=1, n_outputs=1, hidden=2), np.random.default_rng(0),
-                             dtype=np.float64)
+    params = LSTMParams.init(
+        make_shape(n_inputs=1, n_outputs=1, hidden=2), np.random.default_rng(0), dtype=np.float64
+    )
     theta0 = params.theta.copy()
     opt = Adam(params, lr=0.01, weight_decay=0.1, clip_norm=0.0)
     rng = np.random.default_rng(1)
