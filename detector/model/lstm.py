@@ -386,11 +386,13 @@ def _column_sums(a, out):  # type: ignore[no-untyped-def]  # pragma: no cover
 
 
 @njit(**_KERNEL)
-def lstm_backward(x, dy, theta, shape: ModelShape, hs, cs, gates, q, grad):  # type: ignore[no-untyped-def]  # pragma: no cover
+def lstm_backward(x, dy, theta, shape: ModelShape, hs, cs, gates, q, grad, dG, dh_out, dq):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Backpropagation through the T steps of one ``lstm_forward``; writes dL/dθ into grad.
 
     dy (T, B, D_out) is dL/dŷ; hs, cs, gates, q are the forward's outputs. The initial
-    state is treated as a constant (truncation at the window start).
+    state is treated as a constant (truncation at the window start). Scratch, overwritten:
+    dG (T, B, 4H), dh_out (T*B, H), dq (T*B, K). The caller keeps them across batches:
+    fresh multi-megabyte arrays per call cost more in page faults than the arithmetic.
     """
     T, B, D_in = x.shape
     H = shape.hidden
@@ -405,12 +407,11 @@ def lstm_backward(x, dy, theta, shape: ModelShape, hs, cs, gates, q, grad):  # t
     V1, _a1, V2, _a2 = head_views(theta, shape)
     dV1, da1, dV2, da2 = head_views(grad, shape)
     h_top = hs[shape.layers - 1].reshape(((T + 1) * B, H))[B:]
-    dh_out = np.empty((T * B, H), dtype)  # dL/dh_t of the layer being processed, from above
     _column_sums(dy2, da2)
     if K > 0:
         q2 = q.reshape((T * B, K))
         np.dot(q2.T, dy2, dV2)
-        dq = np.dot(dy2, V2.T)
+        np.dot(dy2, V2.T, dq)
         for n in range(T * B):
             for k in range(K):
                 if shape.head_activation == ACTIVATION_RELU:
@@ -425,10 +426,11 @@ def lstm_backward(x, dy, theta, shape: ModelShape, hs, cs, gates, q, grad):  # t
         np.dot(h_top.T, dy2, dV2)
         np.dot(dy2, V2.T, dh_out)
 
-    # Layers, top to bottom.
-    dG = np.empty((T, B, G), dtype)
+    # Layers, top to bottom; dh_out holds dL/dh_t of the layer being processed, from above.
     dh_next = np.empty((B, H), dtype)
     dc_next = np.empty((B, H), dtype)
+    dh_total = np.empty((B, H), dtype)
+    tanh_c = np.empty((B, H), dtype)
     for l in range(shape.layers - 1, -1, -1):
         W, U, _b = layer_views(theta, shape, l)
         dW, dU, db = layer_views(grad, shape, l)
@@ -436,23 +438,36 @@ def lstm_backward(x, dy, theta, shape: ModelShape, hs, cs, gates, q, grad):  # t
         dc_next[:] = 0.0
         dh_out3 = dh_out.reshape((T, B, H))
         for t in range(T - 1, -1, -1):
-            gt = gates[l, t]
-            c_t = cs[l, t + 1]
-            c_prev = cs[l, t]
+            # Split into short loops over few arrays, so that LLVM vectorises them (see
+            # _cell_update): first tanh(c_t) and the total dL/dh_t, then the gate gradients.
             for n in range(B):
+                c_t = cs[l, t + 1, n]
+                tc = tanh_c[n]
                 for j in range(H):
-                    i_t = gt[n, j]
-                    f_t = gt[n, H + j]
-                    g_t = gt[n, 2 * H + j]
-                    o_t = gt[n, 3 * H + j]
-                    tc = tanh(c_t[n, j])
-                    dh = dh_out3[t, n, j] + dh_next[n, j]
-                    dc = dc_next[n, j] + dh * o_t * (one - tc * tc)
-                    dG[t, n, j] = dc * g_t * i_t * (one - i_t)
-                    dG[t, n, H + j] = dc * c_prev[n, j] * f_t * (one - f_t)
-                    dG[t, n, 2 * H + j] = dc * i_t * (one - g_t * g_t)
-                    dG[t, n, 3 * H + j] = dh * tc * o_t * (one - o_t)
-                    dc_next[n, j] = dc * f_t
+                    tc[j] = tanh(c_t[j])
+                dh = dh_total[n]
+                dh_above = dh_out3[t, n]
+                dh_later = dh_next[n]
+                for j in range(H):
+                    dh[j] = dh_above[j] + dh_later[j]
+            for n in range(B):
+                gate = gates[l, t, n]
+                d_gate = dG[t, n]
+                c_prev = cs[l, t, n]
+                tc = tanh_c[n]
+                dh = dh_total[n]
+                dc_carry = dc_next[n]
+                for j in range(H):
+                    i_t = gate[j]
+                    f_t = gate[H + j]
+                    g_t = gate[2 * H + j]
+                    o_t = gate[3 * H + j]
+                    dc = dc_carry[j] + dh[j] * o_t * (one - tc[j] * tc[j])
+                    d_gate[j] = dc * g_t * i_t * (one - i_t)
+                    d_gate[H + j] = dc * c_prev[j] * f_t * (one - f_t)
+                    d_gate[2 * H + j] = dc * i_t * (one - g_t * g_t)
+                    d_gate[3 * H + j] = dh[j] * tc[j] * o_t * (one - o_t)
+                    dc_carry[j] = dc * f_t
             np.dot(dG[t], U.T, dh_next)
         dG2 = dG.reshape((T * B, G))
         h_prev_all = hs[l].reshape(((T + 1) * B, H))[: T * B]

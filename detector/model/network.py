@@ -63,15 +63,53 @@ def step(
 
 
 @dataclass(slots=True)
-class Forward:
-    """What one sequence forward produced and what its backward pass needs."""
+class Workspace:
+    """The arrays of one sequence forward and its backward pass, for one (steps, batch) size.
 
-    x: FloatArray  # (T, B, n_inputs)
+    Keep one across batches of the same size: allocating these megabytes afresh for every
+    batch costs more (in page faults) than the arithmetic done in them.
+    """
+
     hs: FloatArray  # (layers, T+1, B, H); [:, 0] is the initial state
     cs: FloatArray  # (layers, T+1, B, H)
-    gates: FloatArray  # (layers, T, B, 4H)
+    gates: FloatArray  # (layers, T, B, 4H), activated i, f, g, o
     q: FloatArray  # (T, B, head_hidden)
-    y: FloatArray  # (T, B, n_outputs)
+    y: FloatArray  # (T, B, n_outputs), the predictions
+    dy: FloatArray  # (T, B, n_outputs), dL/dŷ
+    dG: FloatArray  # (T, B, 4H), backward scratch
+    dh_out: FloatArray  # (T*B, H), backward scratch
+    dq: FloatArray  # (T*B, head_hidden), backward scratch
+
+    @classmethod
+    def allocate(cls, params: LSTMParams, steps: int, batch: int) -> Workspace:
+        s, T, B, dtype = params.shape, steps, batch, params.dtype
+        L, H, K, D = s.layers, s.hidden, s.head_hidden, s.n_outputs
+        return cls(
+            hs=np.empty((L, T + 1, B, H), dtype),
+            cs=np.empty((L, T + 1, B, H), dtype),
+            gates=np.empty((L, T, B, 4 * H), dtype),
+            q=np.empty((T, B, K), dtype),
+            y=np.empty((T, B, D), dtype),
+            dy=np.empty((T, B, D), dtype),
+            dG=np.empty((T, B, 4 * H), dtype),
+            dh_out=np.empty((T * B, H), dtype),
+            dq=np.empty((T * B, K), dtype),
+        )
+
+    def fits(self, params: LSTMParams, steps: int, batch: int) -> bool:
+        s = params.shape
+        return (
+            self.gates.shape
+            == (
+                s.layers,
+                steps,
+                batch,
+                4 * s.hidden,
+            )
+            and self.q.shape == (steps, batch, s.head_hidden)
+            and self.y.shape[2] == s.n_outputs
+            and (self.gates.dtype == params.dtype)
+        )
 
 
 def forward(
@@ -79,8 +117,10 @@ def forward(
     x: FloatArray,
     h0: FloatArray | None = None,
     c0: FloatArray | None = None,
-) -> Forward:
-    """Run a time-major batch x (T, B, n_inputs) from initial state h0, c0 (zeros if None)."""
+    workspace: Workspace | None = None,
+) -> Workspace:
+    """Run a time-major batch x (T, B, n_inputs) from initial state h0, c0 (zeros if None);
+    the results are in the returned workspace (``workspace`` itself when it fits)."""
     shape = params.shape
     if x.ndim != 3:
         raise ValueError(f"x has shape {x.shape}; expected (steps, batch, {shape.n_inputs})")
@@ -93,16 +133,11 @@ def forward(
     c0 = np.zeros((L, B, H), dtype) if c0 is None else c0
     _check("h0", h0, (L, B, H), dtype, "layers, batch, hidden")
     _check("c0", c0, (L, B, H), dtype, "layers, batch, hidden")
-    fw = Forward(
-        x=x,
-        hs=np.empty((L, T + 1, B, H), dtype),
-        cs=np.empty((L, T + 1, B, H), dtype),
-        gates=np.empty((L, T, B, 4 * H), dtype),
-        q=np.empty((T, B, shape.head_hidden), dtype),
-        y=np.empty((T, B, shape.n_outputs), dtype),
-    )
-    lstm.lstm_forward(x, h0, c0, params.theta, shape, fw.hs, fw.cs, fw.gates, fw.q, fw.y)
-    return fw
+    ws = workspace
+    if ws is None or not ws.fits(params, T, B):
+        ws = Workspace.allocate(params, T, B)
+    lstm.lstm_forward(x, h0, c0, params.theta, shape, ws.hs, ws.cs, ws.gates, ws.q, ws.y)
+    return ws
 
 
 def loss_and_grad(
@@ -111,25 +146,33 @@ def loss_and_grad(
     target: FloatArray,
     washout: int = 0,
     grad: FloatArray | None = None,
+    workspace: Workspace | None = None,
 ) -> tuple[float, FloatArray]:
     """MSE of the predictions of ``target`` (T, B, n_outputs) over steps >= washout, and its
     gradient with respect to every parameter (BPTT over the T steps, from zero state)."""
-    fw = forward(params, x)
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     _check("target", target, (T, B, params.shape.n_outputs), params.dtype, "steps, batch, outputs")
     if not 0 <= washout < T:
         raise ValueError(f"washout is {washout}; expected 0 to steps - 1 ({T - 1})")
-    dy = np.empty_like(fw.y)
-    loss = lstm.mse_loss_grad(fw.y, target, washout, dy)
+    ws = forward(params, x, workspace=workspace)
+    loss = lstm.mse_loss_grad(ws.y, target, washout, ws.dy)
     if grad is None:
         grad = np.empty_like(params.theta)
     _check("grad", grad, params.theta.shape, params.dtype, "parameters")
-    lstm.lstm_backward(x, dy, params.theta, params.shape, fw.hs, fw.cs, fw.gates, fw.q, grad)
+    lstm.lstm_backward(
+        x, ws.dy, params.theta, params.shape, ws.hs, ws.cs, ws.gates, ws.q, grad,
+        ws.dG, ws.dh_out, ws.dq,
+    )  # fmt: skip
     return float(loss), grad
 
 
-def mse(params: LSTMParams, x: FloatArray, target: FloatArray, washout: int = 0) -> float:
+def mse(
+    params: LSTMParams,
+    x: FloatArray,
+    target: FloatArray,
+    washout: int = 0,
+    workspace: Workspace | None = None,
+) -> float:
     """Loss only (no gradient), for validation."""
-    fw = forward(params, x)
-    dy = np.empty_like(fw.y)
-    return float(lstm.mse_loss_grad(fw.y, target, washout, dy))
+    ws = forward(params, x, workspace=workspace)
+    return float(lstm.mse_loss_grad(ws.y, target, washout, ws.dy))

@@ -75,15 +75,34 @@ def _time_major(a: NDArray[np.floating], dtype: np.dtype) -> NDArray[np.floating
     return np.ascontiguousarray(a.transpose(1, 0, 2), dtype=dtype)
 
 
+class _Workspaces:
+    """One reusable workspace per batch size (a split has at most two: full and last)."""
+
+    def __init__(self) -> None:
+        self._by_size: dict[tuple[int, int], network.Workspace] = {}
+
+    def get(self, params: LSTMParams, x: NDArray[np.floating]) -> network.Workspace:
+        key = (x.shape[0], x.shape[1])
+        if key not in self._by_size:
+            self._by_size[key] = network.Workspace.allocate(params, *key)
+        return self._by_size[key]
+
+
 def evaluate_loss(
-    params: LSTMParams, x: NDArray[np.floating], y: NDArray[np.floating], washout: int
+    params: LSTMParams,
+    x: NDArray[np.floating],
+    y: NDArray[np.floating],
+    washout: int,
+    workspaces: _Workspaces | None = None,
 ) -> float:
     """Mean squared error over windows x (N, T, D_in) -> targets y (N, T, D_out)."""
+    workspaces = workspaces or _Workspaces()
     total, count = 0.0, 0
     for start in range(0, x.shape[0], _EVAL_CHUNK):
         xb = _time_major(x[start : start + _EVAL_CHUNK], params.dtype)
         yb = _time_major(y[start : start + _EVAL_CHUNK], params.dtype)
-        total += network.mse(params, xb, yb, washout) * xb.shape[1]
+        ws = workspaces.get(params, xb)
+        total += network.mse(params, xb, yb, washout, ws) * xb.shape[1]
         count += xb.shape[1]
     return total / count
 
@@ -120,8 +139,9 @@ def train(
         clip_norm=settings.clip_norm,
     )
     grad = np.empty_like(params.theta)
+    workspaces = _Workspaces()
 
-    initial_val = evaluate_loss(params, data.x_val, data.y_val, settings.washout)
+    initial_val = evaluate_loss(params, data.x_val, data.y_val, settings.washout, workspaces)
     best_val, best_epoch, best_theta = initial_val, 0, params.theta.copy()
     history: list[EpochStats] = []
     stale = 0
@@ -134,13 +154,14 @@ def train(
             idx = order[start : start + settings.batch_size]
             xb = _time_major(data.x_train[idx], dtype)
             yb = _time_major(data.y_train[idx], dtype)
-            loss, _ = network.loss_and_grad(params, xb, yb, settings.washout, grad)
+            ws = workspaces.get(params, xb)
+            loss, _ = network.loss_and_grad(params, xb, yb, settings.washout, grad, ws)
             norm_sum += optimizer.update(grad)
             loss_sum += loss * idx.size
             batches += 1
             if on_batch is not None:
                 on_batch(idx.size)
-        val = evaluate_loss(params, data.x_val, data.y_val, settings.washout)
+        val = evaluate_loss(params, data.x_val, data.y_val, settings.washout, workspaces)
         stats = EpochStats(
             epoch=epoch,
             train_loss=loss_sum / n_train,
