@@ -99,16 +99,10 @@ class Workspace:
     def fits(self, params: LSTMParams, steps: int, batch: int) -> bool:
         s = params.shape
         return (
-            self.gates.shape
-            == (
-                s.layers,
-                steps,
-                batch,
-                4 * s.hidden,
-            )
+            self.gates.shape == (s.layers, steps, batch, 4 * s.hidden)
             and self.q.shape == (steps, batch, s.head_hidden)
-            and self.y.shape[2] == s.n_outputs
-            and (self.gates.dtype == params.dtype)
+            and self.y.shape == (steps, batch, s.n_outputs)
+            and self.gates.dtype == params.dtype
         )
 
 
