@@ -124,7 +124,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from detector.model.dataset import MIN_STD, windows_from_series
     from detector.model.modelfile import ModelMetadata, save_model
     from detector.model.params import LSTMParams, make_shape
-    from detector.model.train import EpochStats, train
+    from detector.model.train import EpochStats, train, validation_count
 
     series = [s for path in args.input for s in read_series(path)]
     features = series[0].feature_names
@@ -161,7 +161,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     dtype = np.float32 if tcfg.dtype == "float32" else np.float64
     initial = LSTMParams.init(shape, np.random.default_rng(tcfg.seed), dtype=dtype)
 
-    n_train = len(windows) - max(1, round(len(windows) * tcfg.val_fraction))
+    n_train = len(windows) - validation_count(len(windows), tcfg.val_fraction)
     with tqdm(
         total=tcfg.epochs * n_train,
         unit="win",

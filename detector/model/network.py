@@ -134,6 +134,14 @@ def forward(
     return ws
 
 
+def _check_target(params: LSTMParams, x: FloatArray, target: FloatArray, washout: int) -> None:
+    """The loss kernel trusts its inputs: check them once, for both loss entry points."""
+    T, B = x.shape[:2]
+    _check("target", target, (T, B, params.shape.n_outputs), params.dtype, "steps, batch, outputs")
+    if not 0 <= washout < T:
+        raise ValueError(f"washout is {washout}; expected 0 to steps - 1 ({T - 1})")
+
+
 def loss_and_grad(
     params: LSTMParams,
     x: FloatArray,
@@ -144,11 +152,8 @@ def loss_and_grad(
 ) -> tuple[float, FloatArray]:
     """MSE of the predictions of ``target`` (T, B, n_outputs) over steps >= washout, and its
     gradient with respect to every parameter (BPTT over the T steps, from zero state)."""
-    T, B = x.shape[:2]
-    _check("target", target, (T, B, params.shape.n_outputs), params.dtype, "steps, batch, outputs")
-    if not 0 <= washout < T:
-        raise ValueError(f"washout is {washout}; expected 0 to steps - 1 ({T - 1})")
     ws = forward(params, x, workspace=workspace)
+    _check_target(params, x, target, washout)
     loss = lstm.mse_loss_grad(ws.y, target, washout, ws.dy)
     if grad is None:
         grad = np.empty_like(params.theta)
@@ -169,4 +174,5 @@ def mse(
 ) -> float:
     """Loss only (no gradient), for validation."""
     ws = forward(params, x, workspace=workspace)
+    _check_target(params, x, target, washout)
     return float(lstm.mse_loss_grad(ws.y, target, washout, ws.dy))

@@ -56,15 +56,22 @@ class _Split:
     y_val: NDArray[np.floating]
 
 
+def validation_count(n_windows: int, val_fraction: float) -> int:
+    """How many of n windows are held out: the fraction, rounded, at least one, never all."""
+    if n_windows < 2:
+        raise ValueError(
+            f"{n_windows} training window(s); at least 2 are needed (one to validate on)"
+        )
+    return min(n_windows - 1, max(1, round(n_windows * val_fraction)))
+
+
 def split_windows(
     windows: NDArray[np.floating], n_outputs: int, val_fraction: float, rng: np.random.Generator
 ) -> _Split:
     """Inputs are steps 0..T-2 of each window, targets steps 1..T-1 (first n_outputs
     features); a random ``val_fraction`` of windows (at least one) is held out."""
     n = windows.shape[0]
-    if n < 2:
-        raise ValueError(f"{n} training window(s); at least 2 are needed (one to validate on)")
-    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    n_val = validation_count(n, val_fraction)
     order = rng.permutation(n)
     val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
     x, y = windows[:, :-1, :], windows[:, 1:, :n_outputs]

@@ -196,3 +196,13 @@ def test_step_wrapper_names_the_wrong_shape_and_dtype():
         network.step(params, np.zeros((2, 3), np.float32), np.array([1, 1]), h, c)
     with pytest.raises(ValueError, match=r"slots must lie in \[0, 4\)"):
         network.step(params, np.zeros((2, 3), np.float32), np.array([0, 4]), h, c)
+
+
+@pytest.mark.parametrize("loss", [network.mse, network.loss_and_grad])
+def test_both_loss_entry_points_check_target_and_washout(loss):
+    params = make_params(SHAPES["3 layers, D=3, tanh head, residual, 2 outputs"], np.float32)
+    x = np.zeros((4, 2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"target has shape \(4, 2, 3\); expected \(4, 2, 2\)"):
+        loss(params, x, np.zeros((4, 2, 3), np.float32))
+    with pytest.raises(ValueError, match="washout is 4"):
+        loss(params, x, np.zeros((4, 2, 2), np.float32), 4)
