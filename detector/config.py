@@ -8,6 +8,7 @@ The TOML file is given by ``--config`` or ``DETECTOR_CONFIG``. Every field is do
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -65,6 +66,120 @@ class TrainingSettings(_Section):
         return self
 
 
+class ScoringSettings(_Section):
+    """How prediction errors become scores in [0, 1] and alerts (detector.stream.scoring)."""
+
+    mode: Literal["zscore", "dynamic", "likelihood"] = Field(
+        "zscore",
+        description="zscore: smoothed error against its running distribution; dynamic: the "
+        "nonparametric threshold of Hundman et al. (2018); likelihood: tail probability of the "
+        "short-term mean error under the long-term error distribution",
+    )
+    threshold: float = Field(0.5, gt=0, le=1, description="alert when score >= threshold")
+    warmup: int = Field(100, ge=0, description="points of a stream before it may alert")
+    error_span: int = Field(5, ge=1, description="EWMA span of the smoothed error")
+    stats_span: int = Field(2000, ge=2, description="EWMA span of the normal-error statistics")
+    min_error_std: float = Field(0.01, gt=0, description="floor of the error spread")
+    short_span: int = Field(10, ge=1, description="likelihood: span of the short-term mean")
+    dynamic_window: int = Field(256, ge=8, le=65_536, description="dynamic: errors per window")
+    dynamic_refresh: int = Field(16, ge=1, description="dynamic: points between recomputations")
+    dynamic_prune: float = Field(0.13, ge=0, lt=1, description="dynamic: minimum decrease p")
+    hysteresis_k: int = Field(1, ge=1, le=32, description="alert when k of the last n exceed")
+    hysteresis_n: int = Field(1, ge=1, le=32)
+    cooldown: int = Field(10, ge=0, description="points after an alert without another")
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> ScoringSettings:
+        if self.hysteresis_k > self.hysteresis_n:
+            raise ValueError(
+                f"hysteresis_k ({self.hysteresis_k}) must not exceed hysteresis_n "
+                f"({self.hysteresis_n})"
+            )
+        return self
+
+
+class StreamSettings(_Section):
+    """Per-stream state: input normalisation, buffers, limits, disorder and gaps."""
+
+    buffer_len: int = Field(256, ge=1, le=65_536, description="W: inputs kept per stream")
+    norm_span: int = Field(1000, ge=2, description="EWMA span of the input mean and variance")
+    norm_clip: float = Field(
+        5.0, gt=0, description="deviations beyond this many std move the statistics no further"
+    )
+    input_clip: float = Field(10.0, gt=0, description="normalised inputs are clipped to +-this")
+    min_std: float = Field(1e-6, gt=0, description="floor of a stream's standard deviation")
+    max_streams: int = Field(1_000_000, ge=1, description="per group and partition")
+    idle_ttl_s: float = Field(86_400.0, gt=0, description="evict streams idle this long")
+    gap_factor: float = Field(
+        10.0, gt=1, description="a gap is longer than this many usual intervals"
+    )
+    gap_policy: Literal["reset", "continue"] = "reset"
+
+
+class GroupSettings(_Section):
+    """A model group: the streams matching ``match`` share one model's weights."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    match: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    match_kind: Literal["glob", "regex"] = "glob"
+    layout: Literal["per_field", "vector"] = Field(
+        "per_field", description="vector: all fields of a sample form one stream"
+    )
+    fields: list[str] = Field(
+        default_factory=list, description="vector layout: the fields, in model input order"
+    )
+    calendar: bool = Field(False, description="add hour-of-day and day-of-week inputs")
+    model_file: str = Field("", description="weights to start from; empty: untrained start")
+    hidden_size: int | None = Field(None, ge=1, le=1024, description="default: [model]")
+    layers: int | None = Field(None, ge=1, le=4, description="default: [model]")
+
+    @model_validator(mode="after")
+    def _vector_needs_fields(self) -> GroupSettings:
+        if self.layout == "vector" and not self.fields:
+            raise ValueError("layout = 'vector' needs the list of fields")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError("fields must be distinct")
+        if self.match_kind == "regex":
+            for pattern in self.match:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"match pattern {pattern!r} is not a regex: {exc}") from None
+        return self
+
+
+class RunSettings(_Section):
+    """`detector run`: where points come from and where alerts go."""
+
+    source: str = Field("stdin", description='"stdin", "file:PATH" or "kafka"')
+    sink: str = Field("stdout", description='"stdout", "file:PATH" or "kafka"')
+    format: Literal["native", "influx", "telegraf_json", "prometheus_json"] = "native"
+    dead_letter: str = Field("", description='"", "stderr" or "file:PATH" (bad records)')
+    batch_size: int = Field(1024, ge=1, le=1_000_000, description="points per kernel call")
+    instance: str = Field("", description="detector instance named in alerts; default hostname")
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> RunSettings:
+        for key, value in (("source", self.source), ("sink", self.sink)):
+            fixed = ("stdin", "kafka") if key == "source" else ("stdout", "kafka")
+            if value not in fixed and not (value.startswith("file:") and len(value) > 5):
+                raise ValueError(
+                    f'{key} is {value!r}; expected "{fixed[0]}", "file:PATH" or "kafka"'
+                )
+        if self.dead_letter not in ("", "stderr") and not self.dead_letter.startswith("file:"):
+            raise ValueError(
+                f'dead_letter is {self.dead_letter!r}; expected "", "stderr" or "file:PATH"'
+            )
+        return self
+
+
+class StateSettings(_Section):
+    """Checkpoints of per-stream state (embedded mode: local disk)."""
+
+    dir: str = Field("", description="checkpoint directory; empty: no checkpoints")
+    interval_s: float = Field(60.0, gt=0, description="seconds between checkpoints")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = Field(
@@ -86,7 +201,19 @@ class Settings(BaseSettings):
 
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
+    scoring: ScoringSettings = ScoringSettings()
+    streams: StreamSettings = StreamSettings()
+    groups: list[GroupSettings] = Field(default_factory=list)
+    run: RunSettings = RunSettings()
+    state: StateSettings = StateSettings()
     log: LogSettings = LogSettings()
+
+    @model_validator(mode="after")
+    def _distinct_groups(self) -> Settings:
+        names = [g.name for g in self.groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"groups: names must be distinct (got {names})")
+        return self
 
     @classmethod
     def settings_customise_sources(

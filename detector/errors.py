@@ -33,3 +33,9 @@ class InputFileError(DetectorError):
 class RecordDecodeError(DetectorError):
     """One record could not be decoded; it is counted and dead-lettered, never fatal.
     Operator action: check the producer's format and schema version."""
+
+
+class StateFormatError(DetectorError):
+    """Saved stream state cannot be restored (damaged, or written for another model layout).
+    Operator action: none needed for one stream, which starts afresh; if every restore fails,
+    check that the model sizes in the configuration match the running deployment."""

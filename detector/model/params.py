@@ -160,6 +160,21 @@ class LSTMParams:
                 view[H : 2 * H] = 1.0
         return cls(shape, theta.astype(dtype))
 
+    @classmethod
+    def init_persistence(
+        cls, shape: ModelShape, rng: np.random.Generator, dtype: type[np.floating] = np.float32
+    ) -> LSTMParams:
+        """An untrained model that predicts x_{t+1} = x_t: :meth:`init` with a zero output
+        layer on a residual head. The cold start of a group without weights: it scores
+        sensibly from the first point, and training starts from a useful forecaster."""
+        if not shape.residual:
+            raise ValueError("a persistence start needs a residual head")
+        params = cls.init(shape, rng, dtype)
+        tensors = params.tensors()
+        tensors["head.V2"][:] = 0.0
+        tensors["head.a2"][:] = 0.0
+        return params
+
     def astype(self, dtype: type[np.floating]) -> LSTMParams:
         return LSTMParams(self.shape, np.ascontiguousarray(self.theta, dtype=dtype))
 

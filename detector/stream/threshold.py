@@ -1,0 +1,137 @@
+"""Scalar building blocks of the scores, jitted to be called from the scoring kernel.
+
+Every score lies in [0, 1] and means the same on every stream, so one global threshold works:
+
+- :func:`tail_score` maps a z value to -log10(upper Gaussian tail probability) / 10, so a
+  tail probability of 1e-5 scores 0.5 and 1e-10 or less scores 1 (the scale Numenta's
+  anomaly likelihood uses). The zscore and likelihood modes score this way.
+- The dynamic mode scores ``0.5 * s_t / eps`` (capped at 1), so 0.5 means "at the dynamic
+  threshold", the same place on the scale.
+
+The dynamic threshold follows Hundman et al., "Detecting Spacecraft Anomalies Using LSTMs
+and Nonparametric Dynamic Thresholding" (KDD 2018), section 3.2, computed online per stream
+over its last E smoothed errors: eps = mean + z * std for the z in {2.5, 3.0, ..., 11.5} that
+maximises (Δmean/mean + Δstd/std) / (|E_seq|^2 + |E_a|), where Δ is the drop when the values
+at or above eps are removed, E_a are those values and E_seq their runs; at most half of the
+window may lie above eps (else mean + 12 std). Pruning (section 3.3): the maxima of the runs
+above eps, in decreasing order followed by the largest value below eps, are kept down to the
+last step whose relative decrease is at least p; a run below it is pruned. Unlike the paper
+we use no error buffer around runs, and recompute eps every ``refresh`` points rather than per
+batch window.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+
+_SQRT2 = math.sqrt(2.0)
+_LOG10_TAIL_FLOOR = -10.0  # tail probabilities at or below 1e-10 score 1
+Z_GRID_START = 2.5
+Z_GRID_STEP = 0.5
+Z_LIMIT = 12.0  # the paper's sd_lim: eps when no candidate qualifies
+
+
+@njit(**_JIT)
+def tail_score(z: float) -> float:  # pragma: no cover - jitted
+    """-log10(P[N(0,1) > z]) / 10, clipped to [0, 1]."""
+    tail = 0.5 * math.erfc(z / _SQRT2)
+    if tail <= 1e-10:
+        return 1.0
+    score = -math.log10(tail) / -_LOG10_TAIL_FLOOR
+    return min(max(score, 0.0), 1.0)
+
+
+@njit(**_JIT)
+def ewm_alpha(count: float, alpha: float) -> float:  # pragma: no cover - jitted
+    """Weight of the ``count``-th update: the plain average until it is older than the span."""
+    return max(1.0 / count, alpha)
+
+
+@njit(**_JIT)
+def dynamic_epsilon(ring, count: int, start: int, min_std: float) -> float:  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The dynamic threshold over the ``count`` values of ``ring`` starting at ``start``
+    (wrapping), which are in chronological order."""
+    E = ring.shape[0]
+    total = 0.0
+    total_sq = 0.0
+    for k in range(count):
+        v = float(ring[(start + k) % E])
+        total += v
+        total_sq += v * v
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 0.0))
+    std = max(std, min_std)
+    best_eps = mean + Z_LIMIT * std
+    best = -np.inf
+    n_z = round((Z_LIMIT - Z_GRID_START) / Z_GRID_STEP)
+    for zi in range(n_z):
+        eps = mean + (Z_GRID_START + zi * Z_GRID_STEP) * std
+        below = 0
+        below_sum = 0.0
+        below_sq = 0.0
+        runs = 0
+        above_prev = False
+        for k in range(count):
+            v = float(ring[(start + k) % E])
+            if v >= eps:
+                if not above_prev:
+                    runs += 1
+                above_prev = True
+            else:
+                below += 1
+                below_sum += v
+                below_sq += v * v
+                above_prev = False
+        above = count - below
+        if above == 0 or below == 0 or above > count // 2:
+            continue
+        b_mean = below_sum / below
+        b_std = math.sqrt(max(below_sq / below - b_mean * b_mean, 0.0))
+        mean_drop = (mean - b_mean) / mean if mean > 0.0 else 0.0
+        std_drop = (std - b_std) / std
+        score = (mean_drop + std_drop) / (runs * runs + above)
+        if score >= best:
+            best = score
+            best_eps = eps
+    return best_eps
+
+
+@njit(**_JIT)
+def dynamic_keeps_last_run(ring, count: int, start: int, eps: float, p: float, run_max):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Whether pruning keeps the run above ``eps`` that ends at the newest value.
+
+    ``run_max`` is scratch of at least count // 2 + 2 values. The newest value must be >= eps.
+    """
+    E = ring.shape[0]
+    n_runs = 0
+    normal_max = 0.0
+    above_prev = False
+    for k in range(count):
+        v = float(ring[(start + k) % E])
+        if v >= eps:
+            if above_prev:
+                run_max[n_runs - 1] = max(run_max[n_runs - 1], v)
+            else:
+                run_max[n_runs] = v
+                n_runs += 1
+            above_prev = True
+        else:
+            normal_max = max(normal_max, v)
+            above_prev = False
+    current = run_max[n_runs - 1]
+    maxima = np.sort(run_max[:n_runs])[::-1]  # decreasing
+    # Rank of the current run among the maxima (ties: the first, the most favourable).
+    rank = 0
+    while maxima[rank] > current:
+        rank += 1
+    # Kept iff some step at or after its rank drops by at least p.
+    for i in range(rank, n_runs):
+        nxt = maxima[i + 1] if i + 1 < n_runs else normal_max
+        if maxima[i] > 0.0 and (maxima[i] - nxt) / maxima[i] >= p:
+            return True
+    return False

@@ -1,0 +1,244 @@
+"""Point-by-point Python version of the scoring kernel (detector.stream.scoring).
+
+One object per stream, one point at a time, NumPy and SciPy for the arithmetic and the
+loop-by-loop LSTM of lstm_numpy for the step: slow, plain, and what the kernel must equal.
+The rules are those of the kernel's module docstring; the dynamic threshold is written from
+the paper's description (Hundman et al., 2018, sections 3.2 and 3.3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.stats import norm
+
+from detector.config import ScoringSettings, StreamSettings
+from detector.model.params import LSTMParams
+from tests.reference import lstm_numpy
+
+
+def ref_tail_score(z: float) -> float:
+    tail = norm.sf(z)
+    if tail <= 1e-10:
+        return 1.0
+    return float(np.clip(-math.log10(tail) / 10.0, 0.0, 1.0))
+
+
+def ref_dynamic_epsilon(errors: np.ndarray, min_std: float) -> float:
+    mean = errors.mean()
+    std = max(errors.std(), min_std)
+    best, best_eps = -np.inf, mean + 12.0 * std
+    for z in np.arange(2.5, 12.0, 0.5):
+        eps = mean + z * std
+        above = errors >= eps
+        below = errors[~above]
+        if not above.any() or not below.size or above.sum() > errors.size // 2:
+            continue
+        runs = int(above[0]) + int(np.sum(above[1:] & ~above[:-1]))
+        mean_drop = (mean - below.mean()) / mean if mean > 0 else 0.0
+        std_drop = (std - below.std()) / std
+        score = (mean_drop + std_drop) / (runs**2 + above.sum())
+        if score >= best:
+            best, best_eps = score, eps
+    return float(best_eps)
+
+
+def ref_keeps_last_run(errors: np.ndarray, eps: float, p: float) -> bool:
+    runs: list[float] = []
+    inside = False
+    for v in errors:
+        if v >= eps:
+            if inside:
+                runs[-1] = max(runs[-1], v)
+            else:
+                runs.append(v)
+            inside = True
+        else:
+            inside = False
+    current = runs[-1]
+    normal = errors[errors < eps]
+    chain = [*sorted(runs, reverse=True), normal.max() if normal.size else 0.0]
+    # The paper's loop: indices to remove accumulate and reset at every big enough drop.
+    to_remove: list[int] = []
+    for i in range(len(chain) - 1):
+        if chain[i] > 0 and (chain[i] - chain[i + 1]) / chain[i] >= p:
+            to_remove = []
+        else:
+            to_remove.append(i)
+    rank = chain.index(current)
+    return rank not in to_remove
+
+
+@dataclass
+class RefStream:
+    layers: int
+    hidden: int
+    D: int
+    W: int
+    E: int
+    h: np.ndarray = field(init=False)
+    c: np.ndarray = field(init=False)
+    mean: np.ndarray = field(init=False)
+    var: np.ndarray = field(init=False)
+    pred: np.ndarray = field(init=False)
+    ring: list[np.ndarray] = field(init=False)
+    errors: list[float] = field(init=False)
+    smooth: float = 0.0
+    err_mean: float = 0.0
+    err_var: float = 0.0
+    err_count: int = 0
+    short: float = 0.0
+    eps: float = 0.0
+    dt_mean: float = 0.0
+    last_ts: float = 0.0
+    seen: int = 0
+    history: list[bool] = field(init=False)
+    cooldown: int = 0
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.h = np.zeros((self.layers, self.hidden))
+        self.c = np.zeros((self.layers, self.hidden))
+        self.mean = np.zeros(self.D)
+        self.var = np.zeros(self.D)
+        self.pred = np.zeros(self.D)
+        self.ring = []
+        self.errors = []
+        self.smooth = self.err_mean = self.err_var = self.short = self.eps = 0.0
+        self.dt_mean = 0.0
+        self.err_count = self.seen = self.cooldown = 0
+        self.history = []
+
+
+@dataclass
+class RefResult:
+    status: str  # "scored", "no_prediction", "dropped"
+    gap: str  # "", "reset", "continued"
+    score: float = 0.0
+    alert: bool = False
+    error: float = math.nan
+    predicted: np.ndarray | None = None
+
+
+def ref_calendar(ts: float) -> np.ndarray:
+    day = (ts % 86400.0) / 86400.0
+    week = ((math.floor(ts / 86400.0) + 3) % 7 + day) / 7.0
+    angles = (2 * math.pi * day, 2 * math.pi * week)
+    return np.array([f(a) for a in angles for f in (math.sin, math.cos)])
+
+
+class RefScorer:
+    def __init__(
+        self, params: LSTMParams, scoring: ScoringSettings, streams: StreamSettings, calendar: bool
+    ) -> None:
+        self.params = params.astype(np.float64)
+        self.tensors = self.params.tensors()
+        self.shape = params.shape
+        self.sc = scoring
+        self.st = streams
+        self.calendar = calendar
+        self.gms = [
+            lstm_numpy.gate_matrices(self.tensors, self.shape, l) for l in range(self.shape.layers)
+        ]
+        self.streams: dict[str, RefStream] = {}
+        self.pruned = 0  # dynamic mode: points above eps whose run pruning removed
+
+    def alpha(self, span: int) -> float:
+        return 2.0 / (span + 1.0)
+
+    def point(self, key: str, ts: float, x: np.ndarray) -> RefResult:
+        sc, st = self.sc, self.st
+        D = x.shape[0]
+        s = self.streams.get(key)
+        if s is None:
+            s = self.streams[key] = RefStream(
+                self.shape.layers,
+                self.shape.hidden,
+                D,
+                st.buffer_len,
+                sc.dynamic_window if sc.mode == "dynamic" else 0,
+            )
+        if s.seen > 0 and ts <= s.last_ts:
+            return RefResult("dropped", "")
+        gap = ""
+        dt = ts - s.last_ts
+        if s.seen >= 2 and dt > st.gap_factor * s.dt_mean:
+            if st.gap_policy == "reset":
+                s.reset()
+                gap = "reset"
+            else:
+                gap = "continued"
+        elif s.seen == 1:
+            s.dt_mean = dt
+        elif s.seen >= 2:
+            s.dt_mean += 2.0 / 51.0 * (dt - s.dt_mean)
+
+        first = s.seen == 0
+        mu = x.copy() if first else s.mean.copy()
+        sd = np.maximum(np.sqrt(s.var), st.min_std)
+        xn = np.clip((x - mu) / sd, -st.input_clip, st.input_clip)
+        result = RefResult("no_prediction" if first else "scored", gap)
+        if not first:
+            result.predicted = s.pred * sd + mu
+            e = math.sqrt(float(np.mean((xn - s.pred) ** 2)))
+            result.error = e
+            s.smooth = e if s.seen == 1 else s.smooth + self.alpha(sc.error_span) * (e - s.smooth)
+            warm = s.seen >= sc.warmup
+            spread = max(math.sqrt(s.err_var), sc.min_error_std)
+            observed = s.smooth
+            if sc.mode == "zscore":
+                if s.err_count:
+                    result.score = ref_tail_score((s.smooth - s.err_mean) / spread)
+                exceeds = result.score >= sc.threshold
+            elif sc.mode == "likelihood":
+                observed = e
+                s.short = e if s.seen == 1 else s.short + self.alpha(sc.short_span) * (e - s.short)
+                if s.err_count:
+                    result.score = ref_tail_score((s.short - s.err_mean) / spread)
+                exceeds = result.score >= sc.threshold
+            else:
+                s.errors = ([*s.errors, s.smooth])[-sc.dynamic_window :]
+                window = np.array(s.errors)
+                if (s.seen - 1) % sc.dynamic_refresh == 0 or s.eps <= 0:
+                    s.eps = ref_dynamic_epsilon(window, sc.min_error_std)
+                result.score = min(0.5 * s.smooth / s.eps, 1.0)
+                candidate = result.score >= sc.threshold and s.smooth >= s.eps
+                exceeds = candidate and ref_keeps_last_run(window, s.eps, sc.dynamic_prune)
+                self.pruned += candidate and not exceeds
+            learns = s.seen >= sc.warmup // 2 and (not exceeds or not warm)
+            if sc.mode != "dynamic" and learns:
+                s.err_count += 1
+                a = max(1.0 / s.err_count, self.alpha(sc.stats_span))
+                delta = observed - s.err_mean
+                s.err_mean += a * delta
+                s.err_var = (1 - a) * (s.err_var + a * delta * delta)
+            s.history = [*s.history, exceeds][-sc.hysteresis_n :]
+            if s.cooldown > 0:
+                s.cooldown -= 1
+            elif warm and exceeds and sum(s.history) >= sc.hysteresis_k:
+                result.alert = True
+                s.cooldown = sc.cooldown
+
+        a = max(1.0 / (s.seen + 1), self.alpha(st.norm_span))
+        if first:
+            s.mean, s.var = x.copy(), np.zeros(D)
+        else:
+            delta = x - s.mean
+            bound = st.norm_clip * np.sqrt(s.var)
+            delta = np.where(s.var > 0, np.clip(delta, -bound, bound), delta)
+            s.mean = s.mean + a * delta
+            s.var = (1 - a) * (s.var + a * delta * delta)
+        inp = np.concatenate([xn, ref_calendar(ts)]) if self.calendar else xn
+        s.ring = [*s.ring, inp][-st.buffer_len :]
+        layer_in = inp
+        for l in range(self.shape.layers):
+            s.h[l], s.c[l] = lstm_numpy.cell(self.gms[l], layer_in, s.h[l], s.c[l])
+            layer_in = s.h[l]
+        s.pred = lstm_numpy.head(self.tensors, self.shape, s.h[-1], inp)
+        s.seen += 1
+        s.last_ts = ts
+        return result

@@ -1,0 +1,241 @@
+"""The scoring kernel against its point-by-point reference, and its stream-level rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from detector.config import ScoringSettings, StreamSettings
+from detector.model.params import LSTMParams, make_shape
+from detector.stream.scoring import (
+    CALENDAR_FEATURES,
+    DROPPED,
+    GAP_CONTINUED,
+    GAP_RESET,
+    NO_PREDICTION,
+    SCORED,
+    ScoringConfig,
+    score_batch,
+)
+from detector.stream.state import StreamStateTable, TableLayout
+from tests.reference.stream_scoring import RefScorer
+
+STATUS = {"scored": SCORED, "no_prediction": NO_PREDICTION, "dropped": DROPPED}
+GAPS = {"": 0, "reset": GAP_RESET, "continued": GAP_CONTINUED}
+
+
+def make_group(
+    scoring: ScoringSettings,
+    streams: StreamSettings,
+    *,
+    D: int = 1,
+    hidden: int = 8,
+    layers: int = 1,
+    calendar: bool = False,
+    dtype: str = "float64",
+    seed: int = 0,
+    persistence: bool = False,
+) -> tuple[StreamStateTable, LSTMParams, ScoringConfig]:
+    n_inputs = D + (CALENDAR_FEATURES if calendar else 0)
+    shape = make_shape(n_inputs=n_inputs, n_outputs=D, hidden=hidden, layers=layers, residual=True)
+    init = LSTMParams.init_persistence if persistence else LSTMParams.init
+    params = init(shape, np.random.default_rng(seed), np.dtype(dtype).type)
+    E = scoring.dynamic_window if scoring.mode == "dynamic" else 0
+    layout = TableLayout(layers, hidden, D, n_inputs, streams.buffer_len, E, dtype)
+    table = StreamStateTable(layout, streams.max_streams, initial_capacity=2)
+    return table, params, ScoringConfig.from_settings(scoring, streams, calendar)
+
+
+def synthetic_points(
+    rng: np.random.Generator, n: int, n_streams: int, D: int
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Interleaved noisy sine streams with spikes, level shifts, disorder and gaps."""
+    keys, ts, values = [], [], []
+    clock = np.zeros(n_streams)
+    level = rng.normal(0, 10, size=(n_streams, D))
+    for _ in range(n):
+        k = int(rng.integers(n_streams))
+        step = 60.0
+        u = rng.random()
+        if u < 0.02:
+            step = -120.0  # out of order
+        elif u < 0.03:
+            step = 0.0  # duplicate timestamp
+        elif u < 0.04:
+            step = 60.0 * 50  # a gap
+        clock[k] += step
+        v = level[k] + np.sin(clock[k] / 600.0) + rng.normal(0, 0.1, D)
+        if rng.random() < 0.02:
+            v = v + rng.choice([-1, 1]) * rng.uniform(3, 8, D)  # spike
+        if rng.random() < 0.005:
+            level[k] += rng.normal(0, 5, D)  # level shift
+        keys.append(f"s{k}")
+        ts.append(1_700_000_000.0 + clock[k])
+        values.append(v)
+    return keys, np.array(ts), np.array(values).reshape(n, D)
+
+
+def run_batches(table, params, config, keys, ts, values, batch: int):
+    results = []
+    for lo in range(0, len(keys), batch):
+        hi = lo + batch
+        slots = table.slots(keys[lo:hi], now=0.0)
+        out = score_batch(table, params, config, slots, ts[lo:hi], values[lo:hi])
+        results.append(out)
+    cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
+    return {n: cat(n) for n in ("status", "gap", "score", "alert", "predicted", "error")}
+
+
+CASES = {
+    "zscore": dict(scoring=ScoringSettings(mode="zscore", warmup=10, threshold=0.12)),
+    "zscore-hysteresis": dict(
+        scoring=ScoringSettings(
+            mode="zscore", warmup=10, threshold=0.08, hysteresis_k=2, hysteresis_n=3, cooldown=4
+        )
+    ),
+    "likelihood": dict(scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12)),
+    "dynamic": dict(
+        scoring=ScoringSettings(mode="dynamic", warmup=10, dynamic_window=32, dynamic_refresh=4)
+    ),
+    "vector-calendar-2layers": dict(
+        scoring=ScoringSettings(mode="zscore", warmup=10, threshold=0.12),
+        D=3,
+        layers=2,
+        calendar=True,
+    ),
+    "gap-continue": dict(
+        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12),
+        streams=StreamSettings(gap_policy="continue", buffer_len=16),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_equals_point_by_point_reference(case: str) -> None:
+    spec = dict(CASES[case])
+    scoring = spec.pop("scoring")
+    streams = spec.pop("streams", StreamSettings(buffer_len=16))
+    D = spec.get("D", 1)
+    table, params, config = make_group(scoring, streams, **spec)
+    params.tensors()["head.V2"][:] *= 0.1  # near persistence: spikes stand out of the noise
+    keys, ts, values = synthetic_points(np.random.default_rng(7), 1500, n_streams=5, D=D)
+    got = run_batches(table, params, config, keys, ts, values, batch=97)
+
+    ref = RefScorer(params, scoring, streams, calendar=spec.get("calendar", False))
+    want = [ref.point(k, t, v) for k, t, v in zip(keys, ts, values, strict=True)]
+
+    npt.assert_array_equal(got["status"], [STATUS[r.status] for r in want])
+    npt.assert_array_equal(got["gap"], [GAPS[r.gap] for r in want])
+    npt.assert_allclose(got["score"], [r.score for r in want], rtol=1e-7, atol=1e-9)
+    npt.assert_array_equal(got["alert"], [r.alert for r in want])
+    npt.assert_allclose(got["error"], [r.error for r in want], rtol=1e-7, atol=1e-9)
+    ref_pred = [r.predicted if r.predicted is not None else np.full(D, np.nan) for r in want]
+    npt.assert_allclose(got["predicted"], ref_pred, rtol=1e-7, atol=1e-9)
+    # The cases must exercise what they claim to.
+    assert got["alert"].sum() >= 3, "no alerts: the comparison would prove little"
+    assert (got["status"] == DROPPED).any()
+    assert (got["gap"] != 0).any()
+    if scoring.mode == "dynamic":
+        assert ref.pruned > 0, "pruning never removed a run: the case proves little"
+    for key, s in ref.streams.items():
+        slot = table.slot_of[key]
+        npt.assert_allclose(table.h[slot], s.h, rtol=1e-7, atol=1e-9)
+        npt.assert_allclose(table.c[slot], s.c, rtol=1e-7, atol=1e-9)
+        npt.assert_allclose(table.x_mean[slot], s.mean, rtol=1e-9)
+        npt.assert_allclose(table.pred[slot], s.pred, rtol=1e-7, atol=1e-9)
+        assert table.seen[slot] == s.seen
+        W = streams.buffer_len
+        ring = [table.ring[slot, i % W] for i in range(max(0, s.seen - W), s.seen)]
+        npt.assert_allclose(ring, s.ring, rtol=1e-7, atol=1e-9)
+
+
+def test_batch_size_does_not_change_results() -> None:
+    """One point per call, odd batches and one big batch give the same scores (waves)."""
+    scoring = ScoringSettings(mode="zscore", warmup=5, threshold=0.3)
+    keys, ts, values = synthetic_points(np.random.default_rng(3), 600, n_streams=3, D=1)
+    runs = []
+    for batch in (1, 13, 600):
+        table, params, config = make_group(scoring, StreamSettings(buffer_len=8), dtype="float32")
+        runs.append(run_batches(table, params, config, keys, ts, values, batch))
+    for other in runs[1:]:
+        npt.assert_array_equal(other["status"], runs[0]["status"])
+        npt.assert_allclose(other["score"], runs[0]["score"], rtol=1e-5, atol=1e-6)
+        npt.assert_array_equal(other["alert"], runs[0]["alert"])
+
+
+def test_spike_on_a_steady_stream_alerts_once_past_warmup() -> None:
+    scoring = ScoringSettings(mode="zscore", warmup=50)
+    table, params, config = make_group(scoring, StreamSettings(), dtype="float32", persistence=True)
+    rng = np.random.default_rng(0)
+    n = 400
+    values = (10 + rng.normal(0, 0.1, n)).reshape(n, 1)
+    values[300] += 5.0
+    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    out = run_batches(table, params, config, ["a"] * n, ts, values, batch=64)
+    assert np.flatnonzero(out["alert"]).tolist() == [300]
+    assert out["score"][300] >= 0.5
+    assert np.all((out["score"] >= 0) & (out["score"] <= 1))
+
+
+def test_no_alerts_during_warmup() -> None:
+    scoring = ScoringSettings(mode="zscore", warmup=100)
+    table, params, config = make_group(scoring, StreamSettings(), dtype="float32", persistence=True)
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 0.1, (100, 1))
+    values[70] += 100.0
+    ts = 1_700_000_000.0 + np.arange(100.0)
+    out = run_batches(table, params, config, ["a"] * 100, ts, values, batch=100)
+    assert out["score"][70] > 0.5  # scored, just not allowed to alert
+    assert not out["alert"].any()
+
+
+def test_out_of_order_and_duplicate_points_are_dropped_without_touching_state() -> None:
+    table, params, config = make_group(ScoringSettings(), StreamSettings(), dtype="float32")
+    ts = np.array([10.0, 20.0, 15.0, 20.0, 30.0])
+    values = np.array([[1.0], [2.0], [99.0], [99.0], [3.0]])
+    out = run_batches(table, params, config, ["a"] * 5, ts, values, batch=5)
+    assert out["status"].tolist() == [NO_PREDICTION, SCORED, DROPPED, DROPPED, SCORED]
+    slot = table.slot_of["a"]
+    assert table.seen[slot] == 3
+    assert table.last_ts[slot] == 30.0
+    assert table.x_mean[slot, 0] < 10  # 99 never entered the statistics
+
+
+@pytest.mark.parametrize("policy", ["reset", "continue"])
+def test_gap_policies(policy: str) -> None:
+    streams = StreamSettings(gap_policy=policy, gap_factor=5.0)
+    table, params, config = make_group(ScoringSettings(), streams, dtype="float32")
+    ts = np.concatenate([60.0 * np.arange(20), [60.0 * 19 + 60.0 * 6], [60.0 * 19 + 60.0 * 7]])
+    values = np.linspace(0, 1, ts.size).reshape(-1, 1)
+    out = run_batches(table, params, config, ["a"] * ts.size, ts, values, batch=ts.size)
+    slot = table.slot_of["a"]
+    assert out["gap"][:20].tolist() == [0] * 20
+    if policy == "reset":
+        assert out["gap"][20] == GAP_RESET
+        assert out["status"][20] == NO_PREDICTION  # the stream starts over
+        assert table.seen[slot] == 2
+    else:
+        assert out["gap"][20] == GAP_CONTINUED
+        assert out["status"][20] == SCORED
+        assert table.seen[slot] == 22
+    assert out["gap"][21] == 0  # the interval estimate was not blown up by the gap
+
+
+def test_wrapper_rejects_non_finite_values_and_refused_slots() -> None:
+    table, params, config = make_group(ScoringSettings(), StreamSettings(), dtype="float32")
+    slots = table.slots(["a", "b"], 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        score_batch(table, params, config, slots, np.array([1.0, 2.0]), np.array([[1.0], [np.nan]]))
+    with pytest.raises(ValueError, match="slots"):
+        score_batch(table, params, config, np.array([0, -1]), np.ones(2), np.ones((2, 1)))
+
+
+def test_wrapper_rejects_a_model_that_does_not_fit_the_table() -> None:
+    table, _, config = make_group(ScoringSettings(), StreamSettings(), hidden=8)
+    other = LSTMParams.init(
+        make_shape(n_inputs=1, n_outputs=1, hidden=4), np.random.default_rng(0), np.float64
+    )
+    slots = table.slots(["a"], 0.0)
+    with pytest.raises(ValueError, match="the table needs"):
+        score_batch(table, other, config, slots, np.ones(1), np.ones((1, 1)))

@@ -1,0 +1,116 @@
+"""State tables: slots, growth, eviction, the stream cap, serialisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.testing as npt
+import pytest
+
+from detector.config import ScoringSettings, StreamSettings
+from detector.errors import StateFormatError
+from detector.stream.state import StreamStateTable, TableLayout
+from tests.stream.test_scoring import make_group, run_batches, synthetic_points
+
+LAYOUT = TableLayout(layers=1, hidden=4, n_values=1, n_inputs=1, buffer_len=8, error_window=0,
+                     dtype="float32")  # fmt: skip
+
+
+def test_slots_are_stable_and_growth_keeps_rows() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=100, initial_capacity=2)
+    first = table.slots(["a", "b"], now=0.0)
+    table.h[first[0]] = 1.5
+    more = table.slots([f"s{i}" for i in range(40)], now=0.0)
+    assert table.capacity >= 42
+    assert len(set(more.tolist()) | set(first.tolist())) == 42
+    again = table.slots(["b", "a"], now=0.0)
+    assert again.tolist() == [first[1], first[0]]
+    assert np.all(table.h[first[0]] == 1.5)  # survived the copies of growth
+
+
+def test_cap_refuses_new_streams_and_counts_them() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=3)
+    slots = table.slots(["a", "b", "c", "d", "a", "d"], now=0.0)
+    assert (slots[:3] >= 0).all()
+    assert slots[3] == -1 and slots[5] == -1
+    assert slots[4] == slots[0]  # known streams still get their row
+    assert table.refused == 2
+    assert len(table) == 3
+    assert table.capacity == 3  # growth stops at the cap
+
+
+def test_idle_streams_are_evicted_and_their_rows_reused_clean() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    table.slots(["old", "fresh"], now=0.0)
+    table.h[table.slot_of["old"]] = 7.0
+    table.seen[table.slot_of["old"]] = 5
+    table.slots(["fresh"], now=500.0)
+    evicted = table.evict_idle(now=1000.0, ttl_s=600.0)
+    assert evicted == ["old"]
+    assert "old" not in table and "fresh" in table
+    [slot] = table.slots(["new"], now=1000.0)
+    assert np.all(table.h[slot] == 0) and table.seen[slot] == 0
+    # An evicted stream that comes back starts over.
+    [back] = table.slots(["old"], now=1000.0)
+    assert table.seen[back] == 0
+
+
+def test_eviction_frees_room_under_the_cap() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=2)
+    table.slots(["a", "b"], now=0.0)
+    assert table.slots(["c"], now=10.0)[0] == -1
+    table.evict_idle(now=10.0, ttl_s=5.0)
+    assert table.slots(["c"], now=10.0)[0] >= 0
+
+
+@pytest.mark.parametrize("mode", ["zscore", "dynamic", "likelihood"])
+@pytest.mark.parametrize("granularity", ["stream", "table"])
+def test_restore_then_continue_equals_an_uninterrupted_run(mode: str, granularity: str) -> None:
+    scoring = ScoringSettings(mode=mode, warmup=10, threshold=0.15, dynamic_window=16)
+    streams = StreamSettings(buffer_len=8)
+    keys, ts, values = synthetic_points(np.random.default_rng(11), 900, n_streams=4, D=2)
+    cut = 512  # a batch boundary: both runs then step the same batches
+
+    table, params, config = make_group(scoring, streams, D=2, dtype="float32", calendar=True)
+    whole = run_batches(table, params, config, keys, ts, values, batch=64)
+
+    first, params, config = make_group(scoring, streams, D=2, dtype="float32", calendar=True)
+    run_batches(first, params, config, keys[:cut], ts[:cut], values[:cut], batch=64)
+    if granularity == "table":
+        second = StreamStateTable.from_bytes(first.to_bytes(), max_streams=100, now=0.0)
+    else:
+        second = StreamStateTable(first.layout, max_streams=100)
+        for key in sorted(first):  # another order: other slots, same rows
+            second.restore_stream(key, first.stream_bytes(key), now=0.0)
+    rest = run_batches(second, params, config, keys[cut:], ts[cut:], values[cut:], batch=64)
+
+    for name in ("status", "gap", "score", "alert", "error", "predicted"):
+        npt.assert_array_equal(rest[name], whole[name][cut:], err_msg=name)
+    assert whole["alert"][cut:].any()
+
+
+def test_damaged_or_foreign_state_is_refused_with_a_reason() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    table.slots(["a"], now=0.0)
+    good = table.stream_bytes("a")
+    other = StreamStateTable(LAYOUT._replace(hidden=8), max_streams=10)
+    with pytest.raises(StateFormatError, match="layout"):
+        other.restore_stream("a", good, now=0.0)
+    with pytest.raises(StateFormatError, match="bytes after its header"):
+        table.restore_stream("a", good[:-3], now=0.0)
+    with pytest.raises(StateFormatError, match="not detector state"):
+        table.restore_stream("a", b"XYZ" + good[3:], now=0.0)
+    with pytest.raises(StateFormatError, match="format version"):
+        table.restore_stream("a", good[:3] + b"\x63" + good[4:], now=0.0)
+    whole = table.to_bytes()
+    with pytest.raises(StateFormatError, match="truncated"):
+        StreamStateTable.from_bytes(whole[:-1], max_streams=10, now=0.0)
+    with pytest.raises(StateFormatError, match="trailing"):
+        StreamStateTable.from_bytes(whole + b"\0", max_streams=10, now=0.0)
+    with pytest.raises(StateFormatError, match="shorter than its header"):
+        StreamStateTable.from_bytes(b"DS", max_streams=10, now=0.0)
+
+
+def test_empty_table_round_trips() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    back = StreamStateTable.from_bytes(table.to_bytes(), max_streams=10, now=0.0, layout=LAYOUT)
+    assert len(back) == 0 and back.layout == LAYOUT
