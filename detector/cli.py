@@ -36,6 +36,14 @@ _TRAIN_OVERRIDES = {
     "layers": "model.layers",
 }
 
+_RUN_OVERRIDES = {
+    "source": "run.source",
+    "sink": "run.sink",
+    "format": "run.format",
+    "dead_letter": "run.dead_letter",
+    "state_dir": "state.dir",
+}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -69,6 +77,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--layers", type=int, help="stacked LSTM layers (model.layers)")
     train.set_defaults(handler=_cmd_train)
 
+    run = commands.add_parser(
+        "run",
+        help="score metric streams and print alerts (embedded: file or stdin in)",
+        description="Run the detection pipeline until the input ends (or for ever with "
+        "--follow). Alerts are JSON lines on the sink; logs go to stderr.",
+    )
+    _add_config_flag(run)
+    run.add_argument("--source", help='"stdin" or "file:PATH" (run.source)')
+    run.add_argument("--sink", help='"stdout" or "file:PATH" (run.sink)')
+    run.add_argument(
+        "--format",
+        help="native, influx, telegraf_json or prometheus_json (run.format)",
+    )
+    run.add_argument("--dead-letter", help='"log" or "file:PATH" (run.dead_letter)')
+    run.add_argument("--state-dir", help="checkpoint directory (state.dir)")
+    run.add_argument(
+        "--follow", action="store_true", help="at the end of a file, wait for more lines"
+    )
+    run.set_defaults(handler=_cmd_run)
+
     config = commands.add_parser(
         "config", help="show the effective configuration", description="Configuration."
     )
@@ -95,7 +123,8 @@ def _add_config_flag(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = {key: getattr(args, flag, None) for flag, key in _TRAIN_OVERRIDES.items()}
+        flags = {**_TRAIN_OVERRIDES, **_RUN_OVERRIDES}
+        overrides = {key: getattr(args, flag, None) for flag, key in flags.items()}
         settings = load_settings(args.config, overrides)
     except ConfigError as exc:
         print(f"detector: {exc}", file=sys.stderr)
@@ -103,10 +132,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log)
     try:
         code: int = args.handler(args, settings)
+    except ConfigError as exc:
+        log.error("configuration_invalid", command=args.command, error=str(exc))
+        return EXIT_USAGE
     except DetectorError as exc:
         log.error("command_failed", command=args.command, error=str(exc))
         return EXIT_FAILURE
     return code
+
+
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from detector.service.runner import Runner
+
+    if args.follow and settings.run.source == "stdin":
+        log.warning("follow_ignored", reason="stdin is followed until it closes anyway")
+    asyncio.run(Runner(settings, follow=args.follow).run())
+    return EXIT_OK
 
 
 def _cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:

@@ -76,5 +76,34 @@ def test_example_config_lists_every_field_with_its_default():
     with EXAMPLE.open("rb") as f:
         example = tomllib.load(f)
     defaults = Settings().model_dump(mode="json")
+    # Groups are a list of tables: the example shows one commented out, as none is default.
+    assert defaults.pop("groups") == []
     assert example == defaults
     assert load_settings(EXAMPLE) == Settings()
+
+
+def test_groups_from_toml_and_their_errors(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[groups]]\nname = "hosts"\nmatch = ["web-*"]\nhidden_size = 16\n'
+        '[[groups]]\nname = "disks"\nmatch = ["^disk\\\\..*$"]\nmatch_kind = "regex"\n'
+        'layout = "vector"\nfields = ["read", "write"]\n'
+    )
+    s = load_settings(cfg)
+    assert [g.name for g in s.groups] == ["hosts", "disks"]
+    assert s.groups[0].hidden_size == 16 and s.groups[1].fields == ["read", "write"]
+    cfg.write_text('[[groups]]\nname = "v"\nlayout = "vector"\n')
+    with pytest.raises(ConfigError, match=r"groups\.0: .*needs the list of fields"):
+        load_settings(cfg)
+    cfg.write_text('[[groups]]\nname = "r"\nmatch = ["("]\nmatch_kind = "regex"\n')
+    with pytest.raises(ConfigError, match=r"groups\.0: .*not a regex"):
+        load_settings(cfg)
+    cfg.write_text('[[groups]]\nname = "a"\n[[groups]]\nname = "a"\n')
+    with pytest.raises(ConfigError, match="names must be distinct"):
+        load_settings(cfg)
+    cfg.write_text('[scoring]\nhysteresis_k = 3\nhysteresis_n = 2\n')
+    with pytest.raises(ConfigError, match=r"scoring: .*hysteresis_k \(3\)"):
+        load_settings(cfg)
+    cfg.write_text('[run]\nsource = "ftp://x"\n')
+    with pytest.raises(ConfigError, match="run: .*source is 'ftp://x'"):
+        load_settings(cfg)

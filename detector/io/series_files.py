@@ -2,7 +2,9 @@
 
 CSV: a header ``timestamp,<feature>[,<feature>...]`` then one row per point; the timestamp
 is epoch seconds or milliseconds or an ISO date-time (NAB's "2014-04-02 14:29:00").
-JSON lines: native records (detector.io.formats); one series per stream id, in file order.
+JSON lines: native records (detector.io.formats); one series per vector id (stream name and
+tags), in file order. A single-value record's feature is named "value", as in a CSV file
+with a ``value`` column.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detector.errors import InputFileError, RecordDecodeError
-from detector.io.formats import decode_native, parse_timestamp
+from detector.io.formats import decode_native, parse_timestamp, vector_id
 
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
@@ -77,18 +79,20 @@ def _read_jsonl(path: Path) -> list[Series]:
             if not line.strip():
                 continue
             try:
-                point = decode_native(line)
+                sample = decode_native(line)
             except RecordDecodeError as exc:
                 raise InputFileError(f"{path}:{line_no}: {exc}") from None
-            names = tuple(sorted(point.values))
-            ts, rows, known = by_stream.setdefault(point.stream, ([], [], names))
+            stream = vector_id(sample.name, sample.tags)
+            fields = sorted(sample.values)
+            names = tuple(field or "value" for field in fields)
+            ts, rows, known = by_stream.setdefault(stream, ([], [], names))
             if names != known:
                 raise InputFileError(
-                    f"{path}:{line_no}: stream {point.stream} has fields {list(names)}; "
+                    f"{path}:{line_no}: stream {stream} has fields {list(names)}; "
                     f"earlier records had {list(known)}"
                 )
-            ts.append(point.ts)
-            rows.append([point.values[n] for n in names])
+            ts.append(sample.ts)
+            rows.append([sample.values[field] for field in fields])
     if not by_stream:
         raise InputFileError(f"{path}: no records")
     return [

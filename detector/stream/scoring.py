@@ -50,6 +50,7 @@ from detector.stream.state import (
     ERR_SMOOTH,
     ERR_VAR,
     StreamStateTable,
+    TableLayout,
 )
 from detector.stream.threshold import (
     dynamic_epsilon,
@@ -430,9 +431,8 @@ class BatchScores:
         )
 
 
-def check_compatible(table: StreamStateTable, params: LSTMParams, config: ScoringConfig) -> None:
-    """Raise ValueError unless the model and the scoring settings fit the table's layout."""
-    lay = table.layout
+def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig) -> None:
+    """Raise ValueError unless the model and the scoring settings fit a table layout."""
     shape = params.shape
     calendar = CALENDAR_FEATURES if config.calendar else 0
     expected = (lay.layers, lay.hidden, lay.n_values, lay.n_values + calendar)
@@ -461,7 +461,7 @@ def score_batch(
     slots (B,) rows from ``table.slots``, all >= 0; ts (B,) epoch seconds; values (B, D),
     all finite (callers drop and count NaN and infinities before this point).
     """
-    check_compatible(table, params, config)
+    check_compatible(table.layout, params, config)
     B = slots.shape[0]
     D = table.layout.n_values
     if slots.dtype != np.int64 or slots.ndim != 1:

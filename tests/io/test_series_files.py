@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
-
 import numpy.testing as npt
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from detector.errors import InputFileError, RecordDecodeError
-from detector.io.formats import decode_native, parse_timestamp
+from detector.errors import InputFileError
 from detector.io.series_files import read_series
 
 
@@ -61,40 +55,14 @@ def test_jsonl_decode_error_names_the_line(tmp_path):
         read_series(p)
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (1700000000, 1700000000.0),
-        (1700000000123, 1700000000.123),
-        ("2023-11-14T22:13:20+00:00", 1700000000.0),
-        ("2023-11-14T23:13:20+01:00", 1700000000.0),
-    ],
-)
-def test_timestamps(raw, expected):
-    assert parse_timestamp(raw) == pytest.approx(expected)
-
-
-@given(st.binary(max_size=200))
-def test_native_decoder_raises_only_its_own_error_on_arbitrary_bytes(payload):
-    with contextlib.suppress(RecordDecodeError):
-        point = decode_native(payload)
-        assert point.stream and math.isfinite(point.ts)
-
-
-@given(
-    st.recursive(
-        st.none() | st.booleans() | st.floats() | st.integers() | st.text(),
-        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
-        max_leaves=8,
+def test_jsonl_tags_make_separate_series(tmp_path):
+    p = tmp_path / "tagged.jsonl"
+    p.write_text(
+        '{"stream": "cpu", "ts": 1, "value": 1, "tags": {"host": "a"}}\n'
+        '{"stream": "cpu", "ts": 1, "value": 2, "tags": {"host": "b"}}\n'
+        '{"stream": "cpu", "ts": 2, "value": 3, "tags": {"host": "a"}}\n'
     )
-)
-def test_native_decoder_on_arbitrary_json(doc):
-    import orjson
-
-    try:
-        payload = orjson.dumps({"stream": "s", "ts": 1, "value": doc})
-    except (TypeError, orjson.JSONEncodeError):
-        return
-    with contextlib.suppress(RecordDecodeError):
-        point = decode_native(payload)
-        assert isinstance(point.values["value"], float)
+    a, b = read_series(p)
+    assert (a.name, b.name) == ("cpu{host=a}", "cpu{host=b}")
+    assert a.feature_names == ("value",)
+    npt.assert_array_equal(a.values[:, 0], [1, 3])

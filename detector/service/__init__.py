@@ -1,0 +1,1 @@
+"""The long-running parts: the run loop, signals, checkpoints."""

@@ -1,0 +1,171 @@
+"""`detector run` in embedded mode: file or stdin in, alerts to stdout or a file.
+
+The loop: read a batch ─► pipeline.process ─► write alerts and dead letters ─► every
+``state.interval_s``: flush the sinks, then save state and input position (in that order, so
+a checkpoint never runs ahead of an alert) ─► evict idle streams now and then. SIGTERM or
+SIGINT finishes the batch in hand, checkpoints and returns; a second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from detector.config import Settings
+from detector.errors import InputFileError, StateFormatError
+from detector.io.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from detector.io.files import DeadLetterSink, FileSource, LineSink, StdinSource
+from detector.stream.pipeline import Counters, Pipeline
+
+log = structlog.get_logger(__name__)
+
+_EVICT_EVERY_S = 60.0
+_PARTITION = 0  # embedded mode has one partition
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    counters: Counters
+    streams: int
+    stopped_by_signal: bool
+
+
+class Runner:
+    def __init__(self, settings: Settings, follow: bool = False) -> None:
+        self.settings = settings
+        self.follow = follow
+        self.instance = settings.run.instance or socket.gethostname()
+        self.pipeline = Pipeline(settings, self.instance)
+        self.should_exit = asyncio.Event()
+        self._signals = 0
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        log.info("shutdown_requested", signal=signal.Signals(signum).name, count=self._signals)
+        if self._signals > 1:
+            raise KeyboardInterrupt  # second signal: force exit, no checkpoint
+        self.should_exit.set()
+
+    async def run(self) -> RunSummary:
+        loop = asyncio.get_running_loop()
+        handled = (signal.SIGTERM, signal.SIGINT)
+        for sig in handled:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            return await self._run()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+    def _restore(self) -> Checkpoint | None:
+        state_dir = self.settings.state.dir
+        if not state_dir:
+            return None
+        try:
+            saved = load_checkpoint(state_dir)
+        except StateFormatError as exc:
+            log.error("checkpoint_unreadable", dir=state_dir, error=str(exc), action="fresh start")
+            return None
+        if saved is not None:
+            self.pipeline.restore(_PARTITION, saved.groups, time.time())
+        return saved
+
+    def _open_source(self, saved: Checkpoint | None) -> FileSource | StdinSource:
+        spec = self.settings.run.source
+        if spec == "stdin":
+            return StdinSource()
+        if spec == "kafka":
+            raise NotImplementedError("source = 'kafka' needs the Kafka service (issue 4)")
+        path = Path(spec.removeprefix("file:"))
+        start = 0
+        if saved is not None and saved.source == FileSource.name_of(path):
+            if path.exists() and saved.position <= path.stat().st_size:
+                start = saved.position
+            else:
+                log.warning(
+                    "input_file_shorter_than_checkpoint",
+                    path=str(path),
+                    position=saved.position,
+                    action="reading from the start",
+                )
+        try:
+            return FileSource(path, follow=self.follow, start=start)
+        except OSError as exc:
+            raise InputFileError(f"cannot read the source {spec}: {exc.strerror}") from None
+
+    def _checkpoint(
+        self, source: FileSource | StdinSource, sink: LineSink, dead: DeadLetterSink
+    ) -> None:
+        sink.flush()  # alerts first: a checkpoint must never run ahead of them
+        dead.flush()
+        state_dir = self.settings.state.dir
+        if state_dir:
+            snapshot = self.pipeline.snapshot(_PARTITION)
+            save_checkpoint(state_dir, Checkpoint(source.name, source.position(), snapshot))
+
+    async def _run(self) -> RunSummary:
+        run = self.settings.run
+        saved = self._restore()
+        source = self._open_source(saved)
+        if saved is not None:
+            log.info(
+                "checkpoint_restored",
+                dir=self.settings.state.dir,
+                source=saved.source,
+                streams=self.pipeline.streams(),
+                position=source.position(),
+            )
+        sink = LineSink(run.sink)
+        dead = DeadLetterSink(run.dead_letter, source.name)
+        log.info(
+            "run_started",
+            source=source.name,
+            sink=run.sink,
+            format=run.format,
+            groups=[g.name for g in self.pipeline.groups],
+            instance=self.instance,
+        )
+        last_checkpoint = last_evict = time.monotonic()
+        try:
+            while not self.should_exit.is_set():
+                read = asyncio.ensure_future(source.read_batch(run.batch_size))
+                stop = asyncio.ensure_future(self.should_exit.wait())
+                await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not read.done():
+                    read.cancel()
+                    break
+                batch = read.result()
+                if batch is None:
+                    break
+                out = self.pipeline.process(batch, now=time.time(), partition=_PARTITION)
+                sink.write(out.alerts)
+                dead.write(out.dead_letters, source.position())
+                mono = time.monotonic()
+                if mono - last_evict >= _EVICT_EVERY_S:
+                    self.pipeline.evict_idle(time.time())
+                    last_evict = mono
+                if mono - last_checkpoint >= self.settings.state.interval_s:
+                    self._checkpoint(source, sink, dead)
+                    last_checkpoint = mono
+            self._checkpoint(source, sink, dead)
+        finally:
+            sink.close()
+            dead.close()
+            source.close()
+        summary = RunSummary(
+            self.pipeline.counters, self.pipeline.streams(), self.should_exit.is_set()
+        )
+        log.info(
+            "run_finished",
+            streams=summary.streams,
+            stopped_by_signal=summary.stopped_by_signal,
+            **summary.counters.as_dict(),
+        )
+        return summary

@@ -1,0 +1,315 @@
+"""From raw messages to alerts: decode, route, look up slots, one kernel call per group.
+
+The pipeline knows nothing of where messages come from (file, stdin, Kafka) or where alerts
+go; a source hands it a batch, a sink takes what it returns. Per-message Python work is the
+decoding and the slot lookup; everything per point after that is the scoring kernel.
+
+Alert documents (one JSON object per alert, README "Alerts"):
+
+    alert_id       uuid5 of (stream, ts): the same point always gives the same id, so a
+                   replay after a crash re-sends duplicates that consumers can drop
+    stream, group, ts (epoch seconds), time (RFC 3339), value, predicted (numbers for a
+    one-field stream, {field: number} for a vector stream), error (normalised units),
+    score, threshold, mode, model_version, instance
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from detector.config import GroupSettings, Settings
+from detector.errors import ConfigError, ModelFileError
+from detector.io.formats import Format, decode
+from detector.model.modelfile import load_model
+from detector.model.params import LSTMParams, make_shape
+from detector.stream.routing import Router
+from detector.stream.scoring import (
+    CALENDAR_FEATURES,
+    DROPPED,
+    GAP_CONTINUED,
+    GAP_RESET,
+    BatchScores,
+    ScoringConfig,
+    check_compatible,
+    score_batch,
+)
+from detector.stream.state import StreamStateTable, TableLayout
+
+MAX_STREAM_ID_BYTES = 1024  # longer ids are rejected: they are almost surely a bug upstream
+_ALERT_NAMESPACE = uuid.UUID("6f1c8a52-3f0e-4d2b-9a57-0c4b7e1d2a90")
+UNTRAINED = "untrained"  # the model version of a persistence cold start
+
+
+@dataclass(slots=True)
+class Counters:
+    """Totals since start; exported as metrics and logged at shutdown."""
+
+    messages: int = 0
+    decode_errors: int = 0  # malformed parts of messages (each message is dead-lettered)
+    points: int = 0  # points that reached a kernel
+    non_finite: int = 0  # NaN or infinite values, dropped before the kernel
+    incomplete: int = 0  # vector samples missing one of the group's fields
+    refused: int = 0  # points of new streams beyond max_streams
+    out_of_order: int = 0  # points not newer than their stream's last one
+    gap_resets: int = 0
+    gaps_continued: int = 0
+    alerts: int = 0
+    evicted: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    payload: bytes
+    reasons: list[str]
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Points:
+    """Points of one group in one batch, gathered before the kernel call."""
+
+    streams: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    values: list[list[float]] = field(default_factory=list)
+
+
+class ModelGroup:
+    """One group's settings, weights and scoring configuration, and its tables by partition."""
+
+    def __init__(self, group: GroupSettings, settings: Settings, index: int) -> None:
+        self.settings = group
+        self.index = index
+        self.name = group.name
+        self.n_values = len(group.fields) if group.layout == "vector" else 1
+        self.field_names = tuple(group.fields) if group.layout == "vector" else ("",)
+        n_inputs = self.n_values + (CALENDAR_FEATURES if group.calendar else 0)
+        model = settings.model
+        self.shape = make_shape(
+            n_inputs=n_inputs,
+            n_outputs=self.n_values,
+            hidden=group.hidden_size or model.hidden_size,
+            layers=group.layers or model.layers,
+            head_hidden=model.head_hidden,
+            head_activation=model.head_activation,
+            residual=model.residual,
+        )
+        scoring = settings.scoring
+        self.config = ScoringConfig.from_settings(scoring, settings.streams, group.calendar)
+        self.layout = TableLayout(
+            layers=self.shape.layers,
+            hidden=self.shape.hidden,
+            n_values=self.n_values,
+            n_inputs=n_inputs,
+            buffer_len=settings.streams.buffer_len,
+            error_window=scoring.dynamic_window if scoring.mode == "dynamic" else 0,
+            dtype="float32",
+        )
+        self.params, self.version = self._initial_model(settings)
+        self.tables: dict[int, StreamStateTable] = {}
+        self._max_streams = settings.streams.max_streams
+
+    def _initial_model(self, settings: Settings) -> tuple[LSTMParams, str]:
+        key = f"groups.{self.name}.model_file"
+        path = self.settings.model_file
+        if path:
+            try:
+                params, meta = load_model(path)
+            except ModelFileError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+            params = params.astype(np.float32)
+            if params.shape != self.shape:
+                raise ConfigError(
+                    f"{key}: {path} holds a model of shape {params.shape}; "
+                    f"group {self.name!r} needs {self.shape}"
+                )
+            return params, meta.content_hash.removeprefix("sha256:")[:12]
+        if not self.shape.residual:
+            raise ConfigError(
+                f"{key}: required when model.residual is false (an untrained "
+                "start predicts persistence through the residual head)"
+            )
+        rng = np.random.default_rng(settings.training.seed)
+        return LSTMParams.init_persistence(self.shape, rng, np.float32), UNTRAINED
+
+    def table(self, partition: int) -> StreamStateTable:
+        table = self.tables.get(partition)
+        if table is None:
+            table = self.tables[partition] = StreamStateTable(self.layout, self._max_streams)
+        return table
+
+    def swap_model(self, params: LSTMParams, version: str) -> None:
+        """Use new weights from the next batch on (streams keep their h and c)."""
+        params = params.astype(np.float32)
+        check_compatible(self.layout, params, self.config)
+        self.params, self.version = params, version
+
+
+class Pipeline:
+    """Decode, route and score batches of messages; holds every group's state."""
+
+    def __init__(self, settings: Settings, instance: str) -> None:
+        self.settings = settings
+        self.instance = instance
+        self.format: Format = settings.run.format
+        self.router = Router(settings.groups)
+        self.groups = [ModelGroup(g, settings, i) for i, g in enumerate(self.router.groups)]
+        self.counters = Counters()
+        self.threshold = settings.scoring.threshold
+        self.mode = settings.scoring.mode
+
+    def process(self, messages: Sequence[bytes], now: float, partition: int = 0) -> BatchOutput:
+        """Score every point of ``messages``; returns the alerts and the dead letters."""
+        out = BatchOutput()
+        points = [_Points() for _ in self.groups]
+        self.counters.messages += len(messages)
+        for payload in messages:
+            reasons = self._gather(payload, now, points)
+            if reasons:
+                self.counters.decode_errors += len(reasons)
+                out.dead_letters.append(DeadLetter(bytes(payload), reasons))
+        for group, pts in zip(self.groups, points, strict=True):
+            if pts.streams:
+                self._score(group, pts, now, partition, out)
+        return out
+
+    def _gather(self, payload: bytes, now: float, points: list[_Points]) -> list[str]:
+        decoded = decode(payload, self.format, now=now)
+        reasons = decoded.errors
+        route = self.router.route
+        for sample in decoded.samples:
+            vectors_done: set[int] = set()
+            for name, value in sample.values.items():
+                r = route(sample.name, sample.tags, name)
+                if r is None:
+                    continue
+                if len(r.stream.encode()) > MAX_STREAM_ID_BYTES:
+                    reasons.append(f"stream id longer than {MAX_STREAM_ID_BYTES} bytes")
+                    break
+                group = self.groups[r.group]
+                pts = points[r.group]
+                if group.n_values == 1 and group.settings.layout == "per_field":
+                    row = [value]
+                elif r.group in vectors_done:
+                    continue
+                else:
+                    vectors_done.add(r.group)
+                    try:
+                        row = [sample.values[f] for f in group.field_names]
+                    except KeyError:
+                        self.counters.incomplete += 1
+                        continue
+                pts.streams.append(r.stream)
+                pts.ts.append(sample.ts)
+                pts.values.append(row)
+        return reasons
+
+    def _score(
+        self, group: ModelGroup, pts: _Points, now: float, partition: int, out: BatchOutput
+    ) -> None:
+        ts = np.array(pts.ts, np.float64)
+        values = np.array(pts.values, np.float64).reshape(len(pts.ts), group.n_values)
+        finite = np.isfinite(values).all(axis=1) & np.isfinite(ts)
+        streams = pts.streams
+        if not finite.all():
+            self.counters.non_finite += int((~finite).sum())
+            streams = [s for s, ok in zip(streams, finite.tolist(), strict=True) if ok]
+            ts, values = ts[finite], values[finite]
+        table = group.table(partition)
+        slots = table.slots(streams, now)
+        known = slots >= 0
+        if not known.all():
+            self.counters.refused += int((~known).sum())
+            streams = [s for s, ok in zip(streams, known.tolist(), strict=True) if ok]
+            slots, ts, values = slots[known], ts[known], values[known]
+        if not streams:
+            return
+        scores = score_batch(table, group.params, group.config, slots, ts, values)
+        c = self.counters
+        c.points += len(streams)
+        c.out_of_order += int((scores.status == DROPPED).sum())
+        c.gap_resets += int((scores.gap == GAP_RESET).sum())
+        c.gaps_continued += int((scores.gap == GAP_CONTINUED).sum())
+        for i in np.flatnonzero(scores.alert).tolist():
+            out.alerts.append(self._alert(group, streams[i], ts, values, scores, i))
+        c.alerts += int(scores.alert.sum())
+
+    def _alert(
+        self,
+        group: ModelGroup,
+        stream: str,
+        ts: NDArray[np.float64],
+        values: NDArray[np.float64],
+        scores: BatchScores,
+        i: int,
+    ) -> dict[str, Any]:
+        t = float(ts[i])
+        if group.settings.layout == "vector":
+            value: object = dict(zip(group.field_names, values[i].tolist(), strict=True))
+            predicted: object = dict(
+                zip(group.field_names, scores.predicted[i].tolist(), strict=True)
+            )
+        else:
+            value, predicted = float(values[i, 0]), float(scores.predicted[i, 0])
+        return {
+            "alert_id": str(uuid.uuid5(_ALERT_NAMESPACE, f"{stream}\x00{t!r}")),
+            "stream": stream,
+            "group": group.name,
+            "ts": t,
+            "time": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"),
+            "value": value,
+            "predicted": predicted,
+            "error": _finite_or_none(float(scores.error[i])),
+            "score": float(scores.score[i]),
+            "threshold": self.threshold,
+            "mode": self.mode,
+            "model_version": group.version,
+            "instance": self.instance,
+        }
+
+    def evict_idle(self, now: float) -> int:
+        ttl = self.settings.streams.idle_ttl_s
+        n = sum(len(t.evict_idle(now, ttl)) for g in self.groups for t in g.tables.values())
+        self.counters.evicted += n
+        return n
+
+    def streams(self) -> int:
+        return sum(len(t) for g in self.groups for t in g.tables.values())
+
+    def refused(self) -> int:
+        return sum(t.refused for g in self.groups for t in g.tables.values())
+
+    # -------------------------------------------------------------- checkpoints
+
+    def snapshot(self, partition: int) -> dict[str, bytes]:
+        """Every group's table of one partition as versioned bytes, by group name."""
+        return {
+            g.name: g.tables[partition].to_bytes() for g in self.groups if partition in g.tables
+        }
+
+    def restore(self, partition: int, saved: Mapping[str, bytes], now: float) -> None:
+        """Load :meth:`snapshot` output; a group no longer configured is ignored."""
+        for group in self.groups:
+            if group.name in saved:
+                group.tables[partition] = StreamStateTable.from_bytes(
+                    saved[group.name], self.settings.streams.max_streams, now, group.layout
+                )
+
+
+def _finite_or_none(v: float) -> float | None:
+    return v if math.isfinite(v) else None

@@ -1,0 +1,147 @@
+"""The pipeline from raw messages to alerts: routing, counting, dead letters, alert documents."""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+
+import numpy as np
+import orjson
+import pytest
+
+from detector.config import GroupSettings, RunSettings, ScoringSettings, Settings, StreamSettings
+from detector.errors import ConfigError
+from detector.stream.pipeline import Pipeline
+from detector.stream.routing import Router
+
+T0 = 1_700_000_000
+
+
+def native(stream: str, ts: float, value: float | dict[str, float]) -> bytes:
+    key = "values" if isinstance(value, dict) else "value"
+    return orjson.dumps({"stream": stream, "ts": ts, key: value})
+
+
+def steady_with_spike(stream: str, n: int = 300, spike_at: int = 250) -> list[bytes]:
+    rng = np.random.default_rng(zlib.crc32(stream.encode()))
+    values = 50 + rng.normal(0, 1, n)
+    if spike_at < n:
+        values[spike_at] += 40
+    return [native(stream, T0 + 60 * i, float(v)) for i, v in enumerate(values)]
+
+
+def settings(**sections: object) -> Settings:
+    base: dict[str, object] = {"scoring": ScoringSettings(warmup=50)}
+    base.update(sections)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+def test_spikes_alert_with_a_complete_deterministic_document() -> None:
+    pipe = Pipeline(settings(), instance="test-1")
+    messages = steady_with_spike("web-1.cpu") + steady_with_spike("web-2.cpu", spike_at=200)
+    alerts = []
+    for lo in range(0, len(messages), 128):
+        alerts += pipe.process(messages[lo : lo + 128], now=0.0).alerts
+    by_stream = {a["stream"]: a for a in alerts}
+    assert set(by_stream) == {"web-1.cpu", "web-2.cpu"}
+    a = by_stream["web-1.cpu"]
+    assert a["ts"] == T0 + 60 * 250
+    assert a["time"] == "2023-11-15T02:23:20Z"  # T0 + 250 min
+    assert set(a) == {
+        "alert_id", "stream", "group", "ts", "time", "value", "predicted", "error", "score",
+        "threshold", "mode", "model_version", "instance",
+    }  # fmt: skip
+    assert a["group"] == "default" and a["model_version"] == "untrained"
+    assert a["instance"] == "test-1" and a["mode"] == "zscore" and a["threshold"] == 0.5
+    assert a["score"] >= 0.5 and a["error"] > 0 and a["value"] > 80 and a["predicted"] < 60
+    assert uuid.UUID(a["alert_id"]).version == 5
+    # The same input gives the same ids (a replay's duplicates can be dropped downstream).
+    again = Pipeline(settings(), instance="test-2")
+    ids = [x["alert_id"] for x in again.process(messages, now=0.0).alerts]
+    assert sorted(ids) == sorted(x["alert_id"] for x in alerts)
+    assert pipe.counters.points == 600 and pipe.counters.alerts == len(alerts)
+
+
+def test_malformed_messages_are_counted_and_dead_lettered_without_stopping() -> None:
+    pipe = Pipeline(settings(), instance="t")
+    good = steady_with_spike("a", n=10)
+    out = pipe.process([good[0], b"{not json", good[1], b'{"stream": "a"}', b"\xff\xfe"], 0.0)
+    assert [d.payload for d in out.dead_letters] == [b"{not json", b'{"stream": "a"}', b"\xff\xfe"]
+    assert all(d.reasons for d in out.dead_letters)
+    assert pipe.counters.decode_errors == 3 and pipe.counters.points == 2
+
+
+def test_non_finite_values_are_counted_and_never_scored() -> None:
+    pipe = Pipeline(settings(run=RunSettings(format="prometheus_json")), instance="t")
+    docs = [
+        {"timestamp": f"2024-01-01T00:0{i}:00Z", "value": v, "name": "up", "labels": {"job": "x"}}
+        for i, v in enumerate(["1", "NaN", "+Inf", "2"])
+    ]
+    out = pipe.process([orjson.dumps(d) for d in docs], now=0.0)
+    assert not out.dead_letters
+    assert pipe.counters.non_finite == 2 and pipe.counters.points == 2
+    table = pipe.groups[pipe.router.default].tables[0]
+    assert table.seen[table.slot_of["up{job=x}"]] == 2
+
+
+def test_out_of_order_and_refused_points_are_counted() -> None:
+    pipe = Pipeline(settings(streams=StreamSettings(max_streams=2)), instance="t")
+    msgs = [native("a", T0 + 60, 1.0), native("a", T0, 2.0), native("b", T0, 1.0)]
+    msgs += [native("c", T0, 1.0), native("c", T0 + 60, 1.0)]
+    pipe.process(msgs, now=0.0)
+    c = pipe.counters
+    assert (c.out_of_order, c.refused, c.points) == (1, 2, 3)
+    assert pipe.refused() == 2
+
+
+def test_routing_first_match_wins_and_vector_streams() -> None:
+    groups = [
+        GroupSettings(name="cpu", match=["*.cpu"], hidden_size=4),
+        GroupSettings(name="io", match=[r"disk\{.*\}"], match_kind="regex",
+                      layout="vector", fields=["read", "write"]),  # fmt: skip
+        GroupSettings(name="catch-cpu-too", match=["web*"]),
+    ]
+    router = Router(groups)
+    assert router.route("web-1", "", "cpu").group == 0  # type: ignore[union-attr]
+    assert router.route("web-1", "", "mem").group == 2  # type: ignore[union-attr]
+    assert router.route("db", "", "mem").group == 3  # type: ignore[union-attr]  # default
+    io = router.route("disk", "{host=a}", "read")
+    assert io is not None and (io.group, io.stream) == (1, "disk{host=a}")
+    other = router.route("disk", "{host=a}", "errors")  # not a vector field: next rules
+    assert other is not None and (other.group, other.stream) == (3, "disk.errors{host=a}")
+
+    pipe = Pipeline(settings(groups=groups, run=RunSettings(format="influx")), instance="t")
+    lines = [
+        f"disk,host=a read={i}.5,write={2 * i},errors=0i {(T0 + 60 * i) * 10**9}".encode()
+        for i in range(5)
+    ]
+    lines.append(f"disk,host=b read=1 {T0 * 10**9}".encode())  # no write: incomplete
+    lines.append(f"web-1 cpu=0.5 {T0 * 10**9}".encode())
+    pipe.process(lines, now=0.0)
+    io_table = pipe.groups[1].tables[0]
+    assert list(io_table) == ["disk{host=a}"] and io_table.layout.n_values == 2
+    assert io_table.seen[io_table.slot_of["disk{host=a}"]] == 5
+    assert pipe.counters.incomplete == 1
+    assert list(pipe.groups[0].tables[0]) == ["web-1.cpu"]
+    assert pipe.groups[0].shape.hidden == 4
+    assert list(pipe.groups[3].tables[0]) == ["disk.errors{host=a}"]
+
+
+def test_a_model_file_that_does_not_fit_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"groups\.default\.model_file: .*does not exist|model file"):
+        Pipeline(settings(groups=[GroupSettings(name="default", model_file=str(tmp_path / "x.npz"))]),
+                 instance="t")  # fmt: skip
+
+
+def test_snapshot_restore_continues_the_same_streams() -> None:
+    msgs = steady_with_spike("a") + steady_with_spike("b", spike_at=280)
+    msgs.sort(key=lambda m: orjson.loads(m)["ts"])
+    whole = Pipeline(settings(), instance="t")
+    want = [x["alert_id"] for x in whole.process(msgs, now=0.0).alerts]
+
+    first = Pipeline(settings(), instance="t")
+    got = [x["alert_id"] for x in first.process(msgs[:400], now=0.0).alerts]
+    second = Pipeline(settings(), instance="t")
+    second.restore(0, first.snapshot(0), now=0.0)
+    got += [x["alert_id"] for x in second.process(msgs[400:], now=0.0).alerts]
+    assert got == want and len(want) == 2
