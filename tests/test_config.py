@@ -101,9 +101,9 @@ def test_groups_from_toml_and_their_errors(tmp_path):
     cfg.write_text('[[groups]]\nname = "a"\n[[groups]]\nname = "a"\n')
     with pytest.raises(ConfigError, match="names must be distinct"):
         load_settings(cfg)
-    cfg.write_text('[scoring]\nhysteresis_k = 3\nhysteresis_n = 2\n')
+    cfg.write_text("[scoring]\nhysteresis_k = 3\nhysteresis_n = 2\n")
     with pytest.raises(ConfigError, match=r"scoring: .*hysteresis_k \(3\)"):
         load_settings(cfg)
     cfg.write_text('[run]\nsource = "ftp://x"\n')
-    with pytest.raises(ConfigError, match="run: .*source is 'ftp://x'"):
+    with pytest.raises(ConfigError, match=r"run: .*source is 'ftp://x'"):
         load_settings(cfg)
