@@ -45,7 +45,6 @@ DT_MEAN = 6  # the stream's usual interval between points, seconds (EWMA)
 ERR_COLUMNS = 7
 
 _INITIAL_CAPACITY = 1024
-_MAX_KEY_BYTES = 65_535
 
 
 class TableLayout(NamedTuple):
