@@ -346,6 +346,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def openblas_core() -> str:
+    """Which kernels the OpenBLAS behind Numba's np.dot (SciPy's) runs: OPENBLAS_CORETYPE
+    overrides its own choice, and its AVX2 ("Haswell") kernels take about 3x as long as its
+    AVX-512 ones for the small products of a time step. Best effort: wheel installs only."""
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    suffix = f" (OPENBLAS_CORETYPE={forced})" if forced else ""
+    try:
+        import scipy  # numba's np.dot calls scipy.linalg.cython_blas
+
+        libs = sorted((Path(scipy.__file__).parent.parent / "scipy.libs").glob("*openblas*.so*"))
+        lib = ctypes.CDLL(str(libs[0]))
+        get = getattr(lib, "scipy_openblas_get_corename", None) or lib.openblas_get_corename
+        get.restype = ctypes.c_char_p
+        return f"{get().decode()}{suffix}"
+    except (ImportError, IndexError, OSError, AttributeError):
+        return f"unknown{suffix}"
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -461,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{label}, float32, 1 thread | numpy {np.__version__}, numba {numba.__version__}, "
         + (f"torch {torch.__version__}" if use_torch else "no torch")
         + f" | git {git_revision()} | {cpu_model()} | load {load_start[0]:.2f}"
+        + f" | OpenBLAS core {openblas_core()}"
     )
     if not use_torch:
         print(f"torch not measured ({torch_error}); timing the Numba step alone.")
@@ -557,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             "torch_error": torch_error,
             "git": git_revision(),
             "cpu": cpu_model(),
+            "openblas_core": openblas_core(),
             "cpus": os.cpu_count(),
             "loadavg_start": load_start,
             "loadavg_end": load_end,

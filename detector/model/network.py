@@ -72,6 +72,7 @@ class Workspace:
 
     hs: FloatArray  # (layers, T+1, B, H); [:, 0] is the initial state
     cs: FloatArray  # (layers, T+1, B, H)
+    tanh_cs: FloatArray  # (layers, T, B, H), tanh(c_t) for the backward pass
     gates: FloatArray  # (layers, T, B, 4H), activated i, f, g, o
     q: FloatArray  # (T, B, head_hidden)
     y: FloatArray  # (T, B, n_outputs), the predictions
@@ -87,6 +88,7 @@ class Workspace:
         return cls(
             hs=np.empty((L, T + 1, B, H), dtype),
             cs=np.empty((L, T + 1, B, H), dtype),
+            tanh_cs=np.empty((L, T, B, H), dtype),
             gates=np.empty((L, T, B, 4 * H), dtype),
             q=np.empty((T, B, K), dtype),
             y=np.empty((T, B, D), dtype),
@@ -130,7 +132,9 @@ def forward(
     ws = workspace
     if ws is None or not ws.fits(params, T, B):
         ws = Workspace.allocate(params, T, B)
-    lstm.lstm_forward(x, h0, c0, params.theta, shape, ws.hs, ws.cs, ws.gates, ws.q, ws.y)
+    lstm.lstm_forward_train(
+        x, h0, c0, params.theta, shape, ws.hs, ws.cs, ws.tanh_cs, ws.gates, ws.q, ws.y
+    )
     return ws
 
 
@@ -158,8 +162,8 @@ def loss_and_grad(
     if grad is None:
         grad = np.empty_like(params.theta)
     _check("grad", grad, params.theta.shape, params.dtype, "parameters")
-    lstm.lstm_backward(
-        x, ws.dy, params.theta, params.shape, ws.hs, ws.cs, ws.gates, ws.q, grad,
+    lstm.lstm_backward_train(
+        x, ws.dy, params.theta, params.shape, ws.hs, ws.cs, ws.tanh_cs, ws.gates, ws.q, grad,
         ws.dG, ws.dh_out, ws.dq,
     )  # fmt: skip
     return float(loss), grad

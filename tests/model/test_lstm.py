@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.testing as npt
 import pytest
+from numba import njit
 
 from detector.model import lstm, network
 from detector.model.params import LSTMParams, make_shape, tensor_layout
@@ -25,6 +26,9 @@ SHAPES = {
         residual=True,
     ),
     "1 layer, D=3, residual": dict(n_inputs=3, n_outputs=3, hidden=6, layers=1, residual=True),
+    # H = 32: the products in the time loop run on full register tiles (lstm._matmul), and
+    # the second layer's 32 inputs are projected by one product before its time loop.
+    "2 layers, H=32, D=2": dict(n_inputs=2, n_outputs=2, hidden=32, layers=2),
 }
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-11, atol=1e-13)}
 
@@ -124,6 +128,80 @@ def test_bptt_gradient_equals_central_finite_differences(case, washout):
         part = slice(offset, offset + int(np.prod(tshape)))
         assert relative_error(grad[part], fd[part]) < 1e-6, name
         assert np.linalg.norm(fd[part]) > 0, f"{name}: the check would pass vacuously"
+
+
+def test_bptt_gradient_with_full_tiles_equals_finite_differences():
+    """The finite-difference check above at H = 32, on a sample of the parameters: that test
+    sets H = 3, where every product in the time loop takes _matmul's edge loops, and its
+    layers all take the narrow-input path. Here B = 6 gives four tiled rows and two edge rows.
+    """
+    params = make_params(SHAPES["2 layers, H=32, D=2"], np.float64)
+    T, B = 3, 6
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((T, B, params.shape.n_inputs))
+    target = rng.standard_normal((T, B, params.shape.n_outputs))
+    _, grad = network.loss_and_grad(params, x, target)
+    eps = 1e-6
+    theta = params.theta
+    for name, offset, tshape in tensor_layout(params.shape):
+        size = int(np.prod(tshape))
+        for k in offset + rng.choice(size, size=min(size, 6), replace=False):
+            saved = theta[k]
+            theta[k] = saved + eps
+            up = ref.mse(params.tensors(), params.shape, x, target)
+            theta[k] = saved - eps
+            down = ref.mse(params.tensors(), params.shape, x, target)
+            theta[k] = saved
+            fd = (up - down) / (2 * eps)
+            assert grad[k] == pytest.approx(fd, rel=1e-5, abs=1e-9), (name, k - offset)
+
+
+@pytest.mark.parametrize("case", SHAPES)
+def test_kernels_without_kept_tanh_c_equal_the_training_pair(case):
+    """lstm_forward and lstm_backward (the signatures other code calls) compute tanh(c_t)
+    themselves; they must give exactly what lstm_forward_train + lstm_backward_train give."""
+    params = make_params(SHAPES[case], np.float32)
+    shape, theta = params.shape, params.theta
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 4, shape.n_inputs)).astype(np.float32)
+    target = rng.standard_normal((6, 4, shape.n_outputs)).astype(np.float32)
+    _, grad_train = network.loss_and_grad(params, x, target, washout=1)
+    ws = network.Workspace.allocate(params, 6, 4)
+    h0 = np.zeros((shape.layers, 4, shape.hidden), np.float32)
+    lstm.lstm_forward(x, h0, h0, theta, shape, ws.hs, ws.cs, ws.gates, ws.q, ws.y)
+    lstm.mse_loss_grad(ws.y, target, 1, ws.dy)
+    grad = np.empty_like(theta)
+    lstm.lstm_backward(
+        x, ws.dy, theta, shape, ws.hs, ws.cs, ws.gates, ws.q, grad, ws.dG, ws.dh_out, ws.dq
+    )
+    npt.assert_array_equal(grad, grad_train)
+
+
+# Not cached: numba's cache is keyed on this file alone, so a cached copy would keep testing
+# _matmul as it was when compiled. Jitted, because called from Python _matmul is np.dot.
+@njit(cache=False)
+def matmul_jitted(a, b, c):  # type: ignore[no-untyped-def]
+    lstm._matmul(a, b, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_transposed", [False, True])
+@pytest.mark.parametrize(
+    ("M", "K", "N"),
+    [(64, 32, 128), (64, 128, 32), (8, 5, 64), (6, 3, 33), (3, 7, 40), (5, 4, 7), (4, 0, 32)],
+)
+def test_matmul_equals_numpy(M, K, N, a_transposed, dtype):
+    """Register tiles, the edge columns, the edge rows, and both at once; a may be a
+    transposed view, as in the backward pass."""
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((K, M)).T if a_transposed else rng.standard_normal((M, K))
+    a = a.astype(dtype)
+    b = rng.standard_normal((K, N)).astype(dtype)
+    c = np.full((M, N), np.nan, dtype)
+    matmul_jitted(a, b, c)
+    # Rounding grows with the K terms summed, and sums of standard normals can cancel.
+    atol = 4 * np.finfo(dtype).eps * max(K, 1)
+    npt.assert_allclose(c, a.astype(np.float64) @ b, rtol=TOL[dtype]["rtol"], atol=atol)
 
 
 @pytest.mark.parametrize("case", SHAPES)
