@@ -64,13 +64,10 @@ for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MK
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import ctypes  # noqa: E402
 import datetime as dt  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -78,6 +75,13 @@ from typing import Any  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import (  # noqa: E402  (bench/ is the script's directory)
+    cpu_model,
+    git_revision,
+    minor_faults,
+    pin_malloc,
+    set_malloc_thresholds,
+)
 
 from detector.config import ScoringSettings, StreamSettings  # noqa: E402
 from detector.model import network  # noqa: E402
@@ -114,9 +118,6 @@ GOAL_BYTES = 1600  # resident bytes per stream (1.6 KB, read as 1,600 bytes: the
 STEP_ATOL = 1e-4  # peers' one step vs network.step / the kernel's step (h, c, prediction)
 T0 = 1_700_000_000.0  # epoch seconds of the first point
 DT_POINT = 1e-3  # the global clock advances 1 ms per point, so timestamps always increase
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-PIN_MMAP_THRESHOLD = 32 << 20
-PIN_TRIM_THRESHOLD = 256 << 20
 
 
 def load_torch() -> str | None:
@@ -133,24 +134,6 @@ def load_torch() -> str | None:
     return None
 
 
-def set_malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
-    """Fix glibc's mmap and trim thresholds (disables their adaptation); False if not glibc."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    ok = mallopt(M_MMAP_THRESHOLD, mmap_bytes) == 1
-    return bool(mallopt(M_TRIM_THRESHOLD, trim_bytes) == 1 and ok)
-
-
-def pin_malloc() -> str:
-    """Pin glibc's thresholds high, as bench/train_step.py does; say what happened."""
-    if not set_malloc_thresholds(PIN_MMAP_THRESHOLD, PIN_TRIM_THRESHOLD):
-        return "not pinned (no glibc mallopt here, or it refused)"
-    mmap_mib, trim_mib = PIN_MMAP_THRESHOLD >> 20, PIN_TRIM_THRESHOLD >> 20
-    return f"pinned (mmap threshold {mmap_mib} MiB, trim threshold {trim_mib} MiB)"
-
-
 def stream_id(i: int) -> str:
     return f"host-{i:06d}.cpu"
 
@@ -164,10 +147,6 @@ def rss_bytes() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 # --------------------------------------------------------------------------- the kernel side
@@ -620,31 +599,6 @@ def rounds(
 
 
 # --------------------------------------------------------------------------- context
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],  # noqa: S607
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # --------------------------------------------------------------------------- report

@@ -42,13 +42,10 @@ for _var in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MK
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
-import ctypes  # noqa: E402
 import datetime as dt  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -57,6 +54,13 @@ from typing import Any  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from machine import (  # noqa: E402  (bench/ is the script's directory)
+    cpu_model,
+    git_revision,
+    minor_faults,
+    openblas_core,
+    pin_malloc,
+)
 
 from detector.model import network  # noqa: E402
 from detector.model.network import loss_and_grad  # noqa: E402
@@ -72,9 +76,6 @@ GOAL = 1.0  # from the issue: numba / torch <= 1.0
 LOSS_RTOL = 1e-5  # first loss, numba vs torch, same weights
 GRAD_RTOL = 1e-4  # first gradient: max |diff| <= GRAD_RTOL * max |grad|
 TRAJ_RTOL = 1e-3  # losses over the first few full steps (informational, looser)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-PIN_MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts (HEAP_MAX_SIZE / 2 on 64-bit)
-PIN_TRIM_THRESHOLD = 256 << 20
 
 
 def load_torch() -> str | None:
@@ -90,20 +91,6 @@ def load_torch() -> str | None:
         return f"{type(exc).__name__}: {exc}"
     torch, nn, F = _torch, _nn, _functional
     return None
-
-
-def pin_malloc() -> str:
-    """Fix glibc's mmap and trim thresholds (disables their adaptation); say what happened."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return "not pinned (no glibc mallopt here)"
-    ok = mallopt(M_MMAP_THRESHOLD, PIN_MMAP_THRESHOLD) == 1
-    ok = mallopt(M_TRIM_THRESHOLD, PIN_TRIM_THRESHOLD) == 1 and ok
-    if not ok:
-        return "not pinned (mallopt refused)"
-    mmap_mib, trim_mib = PIN_MMAP_THRESHOLD >> 20, PIN_TRIM_THRESHOLD >> 20
-    return f"pinned (mmap threshold {mmap_mib} MiB, trim threshold {trim_mib} MiB)"
 
 
 # --------------------------------------------------------------------------- data
@@ -274,10 +261,6 @@ def sanity_check(
 # --------------------------------------------------------------------------- timing
 
 
-def minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
 class Timings:
     """Per-step wall times (seconds) and minor page faults of one implementation."""
 
@@ -319,49 +302,6 @@ def timed_block(step: Callable[[], float], n: int, out: Timings, lead_in: int = 
 
 
 # --------------------------------------------------------------------------- context
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],  # noqa: S607
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def openblas_core() -> str:
-    """Which kernels the OpenBLAS behind Numba's np.dot (SciPy's) runs: OPENBLAS_CORETYPE
-    overrides its own choice, and its AVX2 ("Haswell") kernels take about 3x as long as its
-    AVX-512 ones for the small products of a time step. Best effort: wheel installs only."""
-    forced = os.environ.get("OPENBLAS_CORETYPE")
-    suffix = f" (OPENBLAS_CORETYPE={forced})" if forced else ""
-    try:
-        import scipy  # numba's np.dot calls scipy.linalg.cython_blas
-
-        libs = sorted((Path(scipy.__file__).parent.parent / "scipy.libs").glob("*openblas*.so*"))
-        lib = ctypes.CDLL(str(libs[0]))
-        get = getattr(lib, "scipy_openblas_get_corename", None) or lib.openblas_get_corename
-        get.restype = ctypes.c_char_p
-        return f"{get().decode()}{suffix}"
-    except (ImportError, IndexError, OSError, AttributeError):
-        return f"unknown{suffix}"
 
 
 # --------------------------------------------------------------------------- main

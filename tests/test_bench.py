@@ -21,3 +21,15 @@ def test_stream_score_quick_runs_and_reports_every_figure() -> None:
     out = done.stdout.decode()
     for figure in ("kernel", "numpy", "batch of 1", "bytes/stream"):
         assert figure in out
+
+
+def test_train_step_short_run_reports_its_figure() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "train_step.py"), "--no-torch", "--steps", "5",
+         "--warmup", "1", "--repeats", "1", "--alone-steps", "5", "--block", "5"],
+        capture_output=True,
+        timeout=600,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert "train_step H=32" in done.stdout.decode()

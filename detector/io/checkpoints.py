@@ -12,15 +12,15 @@ a seekable source resumes at that position: no point is scored twice and none is
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
 from detector import __version__
+from detector.atomic import write_atomically
 from detector.errors import StateFormatError
 
 _MAGIC = b"DCK1"
@@ -37,7 +37,6 @@ class Checkpoint:
 
 def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     manifest = {
         "detector_version": __version__,
         "source": checkpoint.source,
@@ -46,23 +45,13 @@ def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
     }
     head = orjson.dumps(manifest)
     path = directory / FILE_NAME
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".checkpoint-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + _LEN.pack(len(head)) + head)
-            for blob in checkpoint.groups.values():
-                f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a power loss
-    finally:
-        os.close(dir_fd)
+
+    def write(f: BinaryIO) -> None:
+        f.write(_MAGIC + _LEN.pack(len(head)) + head)
+        for blob in checkpoint.groups.values():
+            f.write(blob)
+
+    write_atomically(path, write)
     return path
 
 

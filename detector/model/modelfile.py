@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
@@ -23,6 +21,7 @@ import numpy as np
 import orjson
 
 from detector import __version__
+from detector.atomic import write_atomically
 from detector.errors import ModelFileError
 from detector.model.params import LSTMParams, shape_from_dict, shape_to_dict, tensor_layout
 
@@ -78,17 +77,7 @@ def save_model(path: str | Path, params: LSTMParams, metadata: ModelMetadata) ->
     arrays[_METADATA_KEY] = np.frombuffer(
         orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), dtype=np.uint8
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, allow_pickle=False, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda f: np.savez_compressed(f, allow_pickle=False, **arrays))
     return stored
 
 

@@ -99,15 +99,17 @@ class Runner:
         except OSError as exc:
             raise InputFileError(f"cannot read the source {spec}: {exc.strerror}") from None
 
-    def _checkpoint(
+    async def _checkpoint(
         self, source: FileSource | StdinSource, sink: LineSink, dead: DeadLetterSink
     ) -> None:
-        sink.flush()  # alerts first: a checkpoint must never run ahead of them
-        dead.flush()
+        # fsyncs block for milliseconds or more: off the event loop. The snapshot is taken on
+        # the loop, between batches, so no batch can change the state while it is written.
+        await asyncio.to_thread(sink.flush)  # alerts first: never a checkpoint ahead of them
+        await asyncio.to_thread(dead.flush)
         state_dir = self.settings.state.dir
         if state_dir:
-            snapshot = self.pipeline.snapshot(_PARTITION)
-            save_checkpoint(state_dir, Checkpoint(source.name, source.position(), snapshot))
+            saved = Checkpoint(source.name, source.position(), self.pipeline.snapshot(_PARTITION))
+            await asyncio.to_thread(save_checkpoint, state_dir, saved)
 
     async def _run(self) -> RunSummary:
         run = self.settings.run
@@ -152,9 +154,9 @@ class Runner:
                     self.pipeline.evict_idle(time.time())
                     last_evict = mono
                 if mono - last_checkpoint >= self.settings.state.interval_s:
-                    self._checkpoint(source, sink, dead)
+                    await self._checkpoint(source, sink, dead)
                     last_checkpoint = mono
-            self._checkpoint(source, sink, dead)
+            await self._checkpoint(source, sink, dead)
         finally:
             sink.close()
             dead.close()
