@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -171,11 +171,111 @@ class RunSettings(_Section):
         return self
 
 
+class KafkaSettings(_Section):
+    """Production mode (`run.source = "kafka"` / `run.sink = "kafka"`): topics, group, security."""
+
+    bootstrap_servers: str = Field("localhost:9092", description="comma-separated host:port")
+    client_id: str = "detector"
+    group_id: str = Field("detector", min_length=1, description="the consumer group")
+    group_instance_id: str = Field(
+        "", description="static membership id (e.g. the pod name); empty: dynamic membership"
+    )
+    input_topic: str = Field("metrics", min_length=1)
+    alerts_topic: str = Field("detector-alerts", min_length=1)
+    dead_letter_topic: str = Field("detector-dead-letter", min_length=1)
+    changelog_topic: str = Field(
+        "", description="compacted per-stream state; empty: '<group_id>-changelog'"
+    )
+    models_topic: str = Field("detector-models", min_length=1)
+    create_topics: bool = Field(True, description="create missing topics at start")
+    partitions: int = Field(4, ge=1, le=10_000, description="partitions of a created input topic")
+    replication_factor: int = Field(1, ge=1, le=16, description="of every created topic")
+    alerts_retention_ms: int = Field(7 * 86_400_000, ge=-1, description="-1: keep for ever")
+    dead_letter_retention_ms: int = Field(7 * 86_400_000, ge=-1)
+    session_timeout_ms: int = Field(45_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3000, ge=100)
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    fetch_max_wait_ms: int = Field(100, ge=0, description="wait this long for a fuller batch")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a group with no committed offset starts"
+    )
+    request_timeout_ms: int = Field(30_000, ge=1000)
+    retry_backoff_s: float = Field(1.0, gt=0, description="first wait after a failed connect")
+    retry_backoff_max_s: float = Field(30.0, gt=0, description="longest wait between connects")
+    exactly_once: bool = Field(
+        False, description="alerts, changelog and offsets in one transaction per partition"
+    )
+    transactional_id_prefix: str = Field(
+        "detector", min_length=1, description="exactly_once: ids are '<prefix>-<topic>-<p>'"
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    ssl_cafile: str = Field("", description="CA bundle; empty: the system's")
+    ssl_certfile: str = Field("", description="client certificate (mutual TLS)")
+    ssl_keyfile: str = ""
+    ssl_password: SecretStr = Field(SecretStr(""), description="of the key file")
+
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username")
+        if self.heartbeat_interval_ms >= self.session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be less than session_timeout_ms")
+        return self
+
+    @property
+    def changelog(self) -> str:
+        return self.changelog_topic or f"{self.group_id}-changelog"
+
+
+class HttpSettings(_Section):
+    """Prometheus /metrics, /healthz and /readyz."""
+
+    listen: str = Field(
+        "", description='"host:port" to serve on (e.g. "0.0.0.0:9464"); empty: no HTTP server'
+    )
+    stall_s: float = Field(
+        120.0, gt=0, description="/healthz fails when no batch has finished for this long"
+    )
+
+    @model_validator(mode="after")
+    def _host_port(self) -> HttpSettings:
+        if self.listen:
+            _host, sep, port = self.listen.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f'listen is {self.listen!r}; expected "host:port"')
+        return self
+
+
+class RetrainingSettings(_Section):
+    """Online retraining of each model group from its streams' buffers."""
+
+    enabled: bool = Field(True, description="retrain in the background while scoring")
+    interval_s: float = Field(3600.0, gt=0, description="seconds between retraining runs")
+    interval_points: int = Field(
+        0, ge=0, description="also retrain after this many points of a group; 0: time only"
+    )
+    min_windows: int = Field(32, ge=2, description="fewest windows a run trains on")
+    max_windows: int = Field(4096, ge=2, description="windows sampled per run, at most")
+    tolerance: float = Field(
+        0.0, ge=0, description="a candidate must beat the current loss by this fraction"
+    )
+    threads: int = Field(1, ge=1, le=64, description="training threads (nogil kernels)")
+    models_dir: str = Field(
+        "", description="embedded mode: model versions are kept here; empty: <state.dir>/models"
+    )
+
+
 class StateSettings(_Section):
     """Checkpoints of per-stream state (embedded mode: local disk)."""
 
     dir: str = Field("", description="checkpoint directory; empty: no checkpoints")
     interval_s: float = Field(60.0, gt=0, description="seconds between checkpoints")
+    grace_s: float = Field(
+        30.0, gt=0, description="SIGTERM: longest wait to finish, checkpoint and commit"
+    )
 
 
 class LogSettings(_Section):
@@ -204,6 +304,9 @@ class Settings(BaseSettings):
     groups: list[GroupSettings] = Field(default_factory=list)
     run: RunSettings = RunSettings()
     state: StateSettings = StateSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    http: HttpSettings = HttpSettings()
+    retraining: RetrainingSettings = RetrainingSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")
