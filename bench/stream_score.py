@@ -85,7 +85,7 @@ from machine import (  # noqa: E402  (bench/ is the script's directory)
 
 from detector.config import ScoringSettings, StreamSettings  # noqa: E402
 from detector.model import network  # noqa: E402
-from detector.model.lstm import lstm_step  # noqa: E402
+from detector.model.lstm import lstm_step_rows, step_scratch  # noqa: E402
 from detector.model.params import LSTMParams, make_shape  # noqa: E402
 from detector.stream import scoring  # noqa: E402
 from detector.stream.scoring import (  # noqa: E402
@@ -106,6 +106,8 @@ from detector.stream.state import (  # noqa: E402
     StreamStateTable,
     TableLayout,
 )
+
+NO_OFFSETS = np.empty(0, np.int64)  # score_kernel's "no replay check"
 
 # torch is imported by load_torch(), after the memory and kernel-alone phases.
 torch: Any = None
@@ -187,7 +189,13 @@ class Group:
             slots = self.table.slots(ids, now=self.clock)
             values = rng.standard_normal((slots.size, 1))
             score_batch(
-                self.table, self.params, self.config, slots, self.next_ts(slots.size), values, out
+                self.table,
+                self.params,
+                self.config,
+                slots,
+                self.next_ts(slots.size),
+                values,
+                out=out,
             )
 
     def age(self, n: int) -> None:
@@ -315,7 +323,7 @@ def check_kernel_step(params: LSTMParams, config: ScoringConfig) -> float:
         c0 = table.c[slots, 0].copy()
         ts = np.full(len(ids), T0 + 60.0 * k)  # regular intervals: no gap resets
         values = 10.0 + rng.standard_normal((len(ids), 1))
-        score_batch(table, params, config, slots, ts, values, out)
+        score_batch(table, params, config, slots, ts, values, out=out)
         if not (out.status != DROPPED).all():
             raise AssertionError("sanity batch: a point was dropped")
         x_used = table.ring[slots, (table.seen[slots] - 1) % table.layout.buffer_len]
@@ -430,7 +438,7 @@ class KernelPath(TimedPath):
             self.inputs.slots[self.i],
             self.ts,
             self.inputs.values[self.i],
-            self.out,
+            out=self.out,
         )
 
     def after(self) -> None:
@@ -447,25 +455,23 @@ class KernelDirectPath(KernelPath):
 
     def run(self) -> None:
         g, t, o = self.group, self.group.table, self.out
+        scratch = scoring.Scratch.of(t, g.params, self.inputs.batch)
         scoring.score_kernel(
             self.inputs.slots[self.i],
             self.ts,
             self.inputs.values[self.i],
-            t.h,
-            t.c,
-            t.x_mean,
-            t.x_var,
-            t.pred,
+            NO_OFFSETS,
+            t.rec,
+            t.hc,
             t.ring,
-            t.err,
+            t.marks,
             t.err_ring,
-            t.last_ts,
-            t.seen,
-            t.hist,
-            t.cooldown,
+            t.flags,
             g.params.theta,
             g.params.shape,
             g.config.vector,
+            scratch.floats,
+            scratch.ints,
             o.status,
             o.gap,
             o.score,
@@ -476,24 +482,26 @@ class KernelDirectPath(KernelPath):
 
 
 class StepOnlyPath(TimedPath):
-    """lstm_step alone on the table's h and c rows (the kernel's step, without the rest)."""
+    """The LSTM step alone on the table's h and c rows, with the kernel's gather and
+    scatter and reused scratch (lstm_step_rows: the kernel's step, without the rest)."""
 
     def __init__(self, name: str, inputs: Inputs, group: Group) -> None:
         super().__init__(name, inputs)
         self.group = group
         self.x = [v.astype(np.float32) for v in inputs.values]
         self.y = np.empty((inputs.batch, 1), np.float32)
+        self.scratch = step_scratch(inputs.batch, group.params.shape, group.params.theta)
 
     def run(self) -> None:
         g = self.group
         p = g.params
-        lstm_step(
+        lstm_step_rows(
             self.x[self.i],
             self.inputs.slots[self.i],
-            g.table.h,
-            g.table.c,
+            g.table.hc,
             p.theta,
             p.shape,
+            *self.scratch,
             self.y,
         )
 
@@ -501,8 +509,20 @@ class StepOnlyPath(TimedPath):
 class WaveOrderPath(TimedPath):
     """The kernel's grouping of a batch into waves, alone."""
 
+    def __init__(self, name: str, inputs: Inputs) -> None:
+        super().__init__(name, inputs)
+        B = inputs.batch
+        size = 1 << (2 * B - 1).bit_length()
+        self.order = np.empty(B, np.int64)
+        self.starts = np.empty(B + 1, np.int64)
+        self.rank = np.empty(B, np.int64)
+        self.keys = np.empty(size, np.int64)
+        self.counts = np.empty(size, np.int64)
+
     def run(self) -> None:
-        scoring._wave_order(self.inputs.slots[self.i])
+        scoring._wave_order(
+            self.inputs.slots[self.i], self.order, self.starts, self.rank, self.keys, self.counts
+        )
 
 
 class LookupPath(TimedPath):
@@ -723,18 +743,15 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     rss1 = rss_bytes()
     table = group.table
+    # The rows, and the stream index (hash table, key arena, key records, free rows).
+    index_names = {"_arena", "_ix_hash", "_ix_slot", "_key_meta", "_free"}
     array_names = [
-        n for n in StreamStateTable.__slots__ if isinstance(getattr(table, n), np.ndarray)
+        n
+        for n in StreamStateTable.__slots__
+        if n not in index_names and isinstance(getattr(table, n, None), np.ndarray)
     ]
     array_bytes = sum(getattr(table, n).nbytes for n in array_names)
-    keys = list(table.slot_of)
-    index_bytes = (
-        sys.getsizeof(table.slot_of)
-        + sum(sys.getsizeof(k) for k in keys)
-        + sum(sys.getsizeof(v) for v in table.slot_of.values() if v > 256)  # small ints are shared
-        + sys.getsizeof(table._keys)  # the slot -> key list
-    )
-    del keys
+    index_bytes = sum(getattr(table, n).nbytes for n in index_names)
     memory: dict[str, Any] = {
         "streams": len(table),
         "capacity": table.capacity,
@@ -888,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
         k1_us = sp1["score_kernel, batch of 1"]["median_us"]
         print(
             f"  batch of 1: {b1:.1f} µs per call, of which the wrapper's checks "
-            f"{b1 - k1_us:.1f} and the kernel call (Numba dispatch of 24 arguments + one "
+            f"{b1 - k1_us:.1f} and the kernel call (Numba dispatch of 21 arguments + one "
             f"point) {k1_us:.1f}"
         )
         if malloc_initial is not None:
@@ -956,13 +973,13 @@ def main(argv: list[str] | None = None) -> int:
             f"memory: {rss_per_stream:,.0f} bytes/stream resident ({rss_per_stream / 1000:.2f} KB, "
             f"goal <= {GOAL_BYTES / 1000:.1f} KB: {verdict(rss_per_stream <= GOAL_BYTES)}); "
             f"table arrays {array_bytes / N:,.0f} bytes/stream (serialised row "
-            f"{table.row_size():,}), Python index (dict, key str, slot int, key list) "
+            f"{table.row_size():,}), stream index (hash table, key arena) "
             f"{index_bytes / N:,.0f} bytes/stream{off_goal}"
         )
     else:
         print(
             f"memory: resident size not available here; table arrays {array_bytes / N:,.0f} "
-            f"bytes/stream, Python index {index_bytes / N:,.0f} bytes/stream"
+            f"bytes/stream, stream index {index_bytes / N:,.0f} bytes/stream"
         )
 
     if args.json is not None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -20,6 +20,14 @@ from detector import __version__
 from detector.config import Settings, load_settings
 from detector.errors import ConfigError, DetectorError, InputFileError
 from detector.logging import configure_logging
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from detector.config import TrainingSettings
+    from detector.model.params import LSTMParams
+    from detector.retrain.registry import ModelRegistry
+    from detector.stream.pipeline import ModelGroup
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -66,7 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="CSV (timestamp,value[,...]) or JSON-lines files",
     )
-    train.add_argument("--out", required=True, type=Path, metavar="FILE", help="model file (.npz)")
+    train.add_argument("--out", type=Path, metavar="FILE", help="model file (.npz)")
+    train.add_argument(
+        "--publish",
+        action="store_true",
+        help="publish the model into the registry as the group's current version",
+    )
+    train.add_argument(
+        "--group",
+        default="default",
+        help="--publish: the model group (its sizes, fields and calendar) (default: default)",
+    )
+    _add_models_dir_flag(train)
     _add_config_flag(train)
     train.add_argument("--epochs", type=int, help="maximum epochs (training.epochs)")
     train.add_argument("--window", type=int, help="points per window (training.window_len)")
@@ -76,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden-size", type=int, help="LSTM width (model.hidden_size)")
     train.add_argument("--layers", type=int, help="stacked LSTM layers (model.layers)")
     train.set_defaults(handler=_cmd_train)
+    _add_model_commands(commands)
 
     run = commands.add_parser(
         "run",
@@ -84,18 +104,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow). Alerts are JSON lines on the sink; logs go to stderr.",
     )
     _add_config_flag(run)
-    run.add_argument("--source", help='"stdin" or "file:PATH" (run.source)')
-    run.add_argument("--sink", help='"stdout" or "file:PATH" (run.sink)')
+    run.add_argument("--source", help='"stdin", "file:PATH" or "kafka" (run.source)')
+    run.add_argument("--sink", help='"stdout", "file:PATH" or "kafka" (run.sink)')
     run.add_argument(
         "--format",
         help="native, influx, telegraf_json or prometheus_json (run.format)",
     )
-    run.add_argument("--dead-letter", help='"log" or "file:PATH" (run.dead_letter)')
+    run.add_argument("--dead-letter", help='"log", "file:PATH" or "kafka" (run.dead_letter)')
     run.add_argument("--state-dir", help="checkpoint directory (state.dir)")
     run.add_argument(
         "--follow", action="store_true", help="at the end of a file, wait for more lines"
     )
     run.set_defaults(handler=_cmd_run)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="replay a labelled NAB-format corpus and print its NAB scores",
+        description="Replay every series of a NAB-format corpus through the pipeline "
+        "(interleaved by timestamp), then score it as the Numenta Anomaly Benchmark does: "
+        "standard, reward_low_FP_rate and reward_low_FN_rate, one threshold per profile "
+        "optimised over the corpus. Labels are read by the scorer only.",
+    )
+    evaluate.add_argument(
+        "--data", required=True, type=Path, metavar="DIR", help="<category>/<name>.csv files"
+    )
+    evaluate.add_argument(
+        "--labels", required=True, type=Path, metavar="FILE", help="combined_windows.json"
+    )
+    evaluate.add_argument(
+        "--out", type=Path, metavar="DIR", help="write DIR/<category>/detector_<name>.csv"
+    )
+    evaluate.add_argument("--plots", type=Path, metavar="DIR", help="one PNG per series")
+    evaluate.add_argument("--report", type=Path, metavar="FILE", help="JSON report")
+    _add_config_flag(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
 
     config = commands.add_parser(
         "config", help="show the effective configuration", description="Configuration."
@@ -109,6 +151,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flag(show)
     show.set_defaults(handler=_cmd_config_show)
     return parser
+
+
+def _add_model_commands(commands: Any) -> None:
+    model = commands.add_parser(
+        "model",
+        help="list, show or roll back model versions in the registry",
+        description="Model versions of the embedded registry (retraining.models_dir, default "
+        "<state.dir>/models). A running daemon picks up a rollback within seconds.",
+    )
+    model_commands = model.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
+    listing = model_commands.add_parser("list", help="versions, oldest first; * marks current")
+    listing.add_argument("--group", help="only this model group")
+    listing.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    show = model_commands.add_parser("show", help="everything the registry knows of a version")
+    show.add_argument("version", metavar="VERSION", help="version id (or a unique prefix)")
+    show.add_argument("--group", help="the group, when the id is ambiguous")
+    rollback = model_commands.add_parser("rollback", help="make a version its group's current one")
+    rollback.add_argument("version", metavar="VERSION", help="version id (or a unique prefix)")
+    rollback.add_argument("--group", help="the group, when the id is ambiguous")
+    listing.set_defaults(handler=_cmd_model_list)
+    show.set_defaults(handler=_cmd_model_show)
+    rollback.set_defaults(handler=_cmd_model_rollback)
+    for sub in (listing, show, rollback):
+        _add_models_dir_flag(sub)
+        _add_config_flag(sub)
+
+
+def _add_models_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="model registry (default: retraining.models_dir, else <state.dir>/models)",
+    )
 
 
 def _add_config_flag(p: argparse.ArgumentParser) -> None:
@@ -146,6 +222,16 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     from detector.service.runner import Runner
 
+    if settings.run.source == "kafka":
+        from detector.service.kafka_runner import KafkaRunner
+
+        asyncio.run(KafkaRunner(settings).run())
+        return EXIT_OK
+    if "kafka" in (settings.run.sink, settings.run.dead_letter):
+        raise ConfigError(
+            "run.sink / run.dead_letter = 'kafka' needs run.source = 'kafka' (embedded mode "
+            "writes alerts to stdout or a file)"
+        )
     if args.follow and settings.run.source == "stdin":
         log.warning("follow_ignored", reason="stdin is followed until it closes anyway")
     asyncio.run(Runner(settings, follow=args.follow).run())
@@ -159,6 +245,21 @@ def _cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    from detector.evaluate.evaluation import evaluate
+
+    result = evaluate(
+        args.data,
+        args.labels,
+        settings,
+        out_dir=args.out,
+        plots_dir=args.plots,
+        report_path=args.report,
+    )
+    sys.stdout.write(result.summary())
+    return EXIT_OK
+
+
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     # Imported here so `detector --help` and `config show` do not pay for numba's start-up.
     from tqdm import tqdm
@@ -169,16 +270,42 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     from detector.model.params import LSTMParams, make_shape
     from detector.model.train import EpochStats, train, validation_count
 
+    if args.out is None and not args.publish:
+        raise ConfigError("train: give --out FILE, --publish, or both")
+    registry = _registry(args, settings) if args.publish else None
     series = [s for path in args.input for s in read_series(path)]
-    features = series[0].feature_names
-    for s in series[1:]:
-        if s.feature_names != features:
-            raise InputFileError(
-                f"series {s.name} has features {list(s.feature_names)}; "
-                f"{series[0].name} has {list(features)}: one model needs one feature set"
-            )
     tcfg, mcfg = settings.training, settings.model
-    windows = windows_from_series([s.values for s in series], tcfg.window_len, tcfg.stride)
+    normalization: dict[str, Any] = {"method": "per_series_standardize", "min_std": MIN_STD}
+    if args.publish:
+        # The group's own shape and inputs, cut like the online windows (retrain.offline).
+        from detector.retrain.offline import cut_group_windows, group_inputs
+        from detector.retrain.scheduler import feature_names
+
+        group = _model_group(settings, args.group)
+        shape = group.shape
+        features = feature_names(group)
+        clip = settings.streams.input_clip
+        inputs = [x for s in series for x in group_inputs(s, group, clip)]
+        windows = cut_group_windows(inputs, tcfg.window_len, tcfg.stride)
+        normalization["input_clip"] = clip
+    else:
+        features = series[0].feature_names
+        for s in series[1:]:
+            if s.feature_names != features:
+                raise InputFileError(
+                    f"series {s.name} has features {list(s.feature_names)}; "
+                    f"{series[0].name} has {list(features)}: one model needs one feature set"
+                )
+        windows = windows_from_series([s.values for s in series], tcfg.window_len, tcfg.stride)
+        shape = make_shape(
+            n_inputs=len(features),
+            n_outputs=len(features),
+            hidden=mcfg.hidden_size,
+            layers=mcfg.layers,
+            head_hidden=mcfg.head_hidden,
+            head_activation=mcfg.head_activation,
+            residual=mcfg.residual,
+        )
     log.info(
         "training_data_loaded",
         series=len(series),
@@ -192,15 +319,6 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
             f"the inputs give {len(windows)} window(s) of {tcfg.window_len} points; "
             "at least 2 are needed: give more data or a smaller --window"
         )
-    shape = make_shape(
-        n_inputs=len(features),
-        n_outputs=len(features),
-        hidden=mcfg.hidden_size,
-        layers=mcfg.layers,
-        head_hidden=mcfg.head_hidden,
-        head_activation=mcfg.head_activation,
-        residual=mcfg.residual,
-    )
     dtype = np.float32 if tcfg.dtype == "float32" else np.float64
     initial = LSTMParams.init(shape, np.random.default_rng(tcfg.seed), dtype=dtype)
 
@@ -233,26 +351,146 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         "series": len(series),
         "windows": len(windows),
     }
-    stored = save_model(
-        args.out,
-        params,
-        ModelMetadata(
+    if args.out is not None:
+        stored = save_model(
+            args.out,
+            params,
+            ModelMetadata(feature_names=features, normalization=normalization, training=training),
+        )
+        log.info(
+            "model_saved",
+            path=str(args.out),
+            best_epoch=report.best_epoch,
+            initial_val_loss=round(report.initial_val_loss, 6),
+            best_val_loss=round(report.best_val_loss, 6),
+            epochs_run=len(report.epochs),
+            seconds=round(report.wall_time_s, 1),
+            content_hash=stored.content_hash,
+        )
+    if registry is not None:
+        _publish(registry, args.group, params, windows, features, normalization, training, tcfg)
+    return EXIT_OK
+
+
+def _publish(
+    registry: ModelRegistry,
+    group: str,
+    params: LSTMParams,
+    windows: NDArray[np.floating],
+    features: tuple[str, ...],
+    normalization: dict[str, Any],
+    training: dict[str, Any],
+    tcfg: TrainingSettings,
+) -> None:
+    """Publish offline weights as the group's current version; the parent (the version it
+    replaces) is scored on the same held-out windows, for the record."""
+    from detector.model.train import evaluate_loss, validation_split
+    from detector.retrain.registry import VersionMeta
+
+    serving = params.astype(np.float32)
+    x_val, y_val = validation_split(windows, params.shape.n_outputs, tcfg)
+    parent = registry.current(group)
+    parent_loss = None
+    if parent is not None:
+        previous = registry.params(parent, group)
+        if previous.shape == params.shape:
+            parent_loss = evaluate_loss(previous, x_val, y_val, tcfg.washout)
+    version = registry.publish(
+        group,
+        serving,
+        VersionMeta(
             feature_names=features,
-            normalization={"method": "per_series_standardize", "min_std": MIN_STD},
+            parent=parent,
+            source="train",
+            candidate_loss=evaluate_loss(serving, x_val, y_val, tcfg.washout),
+            parent_loss=parent_loss,
+            windows=len(windows),
+            data={"inputs": training["inputs"], "series": training["series"]},
             training=training,
+            normalization=normalization,
         ),
     )
-    log.info(
-        "model_saved",
-        path=str(args.out),
-        best_epoch=report.best_epoch,
-        initial_val_loss=round(report.initial_val_loss, 6),
-        best_val_loss=round(report.best_val_loss, 6),
-        epochs_run=len(report.epochs),
-        seconds=round(report.wall_time_s, 1),
-        content_hash=stored.content_hash,
+    log.info("model_published", group=group, version=version, parent=parent, dir=str(registry.dir))
+
+
+def _model_group(settings: Settings, name: str) -> ModelGroup:
+    from detector.stream.pipeline import ModelGroup
+    from detector.stream.routing import Router
+
+    groups = Router(settings.groups).groups
+    for index, group in enumerate(groups):
+        if group.name == name:
+            return ModelGroup(group, settings, index)
+    raise ConfigError(f"--group: no model group {name!r} (groups: {[g.name for g in groups]})")
+
+
+def _registry(args: argparse.Namespace, settings: Settings) -> ModelRegistry:
+    from detector.retrain.registry import ModelRegistry, models_dir
+
+    directory = args.models_dir or models_dir(settings)
+    if directory is None:
+        raise ConfigError(
+            "retraining.models_dir: no model registry; set it (or state.dir), or pass --models-dir"
+        )
+    return ModelRegistry(directory)
+
+
+def _cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
+    registry = _registry(args, settings)
+    infos = registry.list(args.group)
+    current = {g: registry.current(g) for g in {i.group for i in infos}}
+    if args.json:
+        for info in infos:
+            doc = {**info.to_dict(), "current": current[info.group] == info.version}
+            sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+        return EXIT_OK
+    rows = [
+        ("", "GROUP", "VERSION", "CREATED", "SOURCE", "PARENT", "WINDOWS", "LOSS", "PARENT_LOSS")
+    ]
+    for i in infos:
+        rows.append(
+            (
+                "*" if current[i.group] == i.version else "",
+                i.group,
+                i.version,
+                i.created_at,
+                i.source,
+                i.parent or "-",
+                str(i.windows),
+                _loss(i.candidate_loss),
+                _loss(i.parent_loss),
+            )
+        )
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    for r in rows:
+        sys.stdout.write("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+        sys.stdout.write("\n")
+    if not infos:
+        sys.stdout.write(f"(no model versions in {registry.dir})\n")
+    return EXIT_OK
+
+
+def _cmd_model_show(args: argparse.Namespace, settings: Settings) -> int:
+    registry = _registry(args, settings)
+    info = registry.get(args.version, args.group)
+    doc = {**info.to_dict(), "current": registry.current(info.group) == info.version}
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return EXIT_OK
+
+
+def _cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    registry = _registry(args, settings)
+    info = registry.get(args.version, args.group)
+    previous = registry.current(info.group)
+    registry.set_current(info.group, info.version)
+    sys.stdout.write(
+        f"group {info.group}: current version {info.version} (was {previous or 'none'})\n"
     )
     return EXIT_OK
+
+
+def _loss(v: float | None) -> str:
+    return "-" if v is None else f"{v:.6g}"
 
 
 if __name__ == "__main__":

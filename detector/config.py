@@ -154,7 +154,9 @@ class RunSettings(_Section):
     source: str = Field("stdin", description='"stdin", "file:PATH" or "kafka"')
     sink: str = Field("stdout", description='"stdout", "file:PATH" or "kafka"')
     format: Literal["native", "influx", "telegraf_json", "prometheus_json"] = "native"
-    dead_letter: str = Field("log", description='"log" or "file:PATH": undecodable messages')
+    dead_letter: str = Field(
+        "log", description='"log", "file:PATH" or "kafka" (kafka.dead_letter_topic)'
+    )
     batch_size: int = Field(1024, ge=1, le=1_000_000, description="points per kernel call")
     instance: str = Field("", description="detector instance named in alerts; default hostname")
 
@@ -166,8 +168,12 @@ class RunSettings(_Section):
                 raise ValueError(
                     f'{key} is {value!r}; expected "{fixed[0]}", "file:PATH" or "kafka"'
                 )
-        if self.dead_letter != "log" and not self.dead_letter.startswith("file:"):
-            raise ValueError(f'dead_letter is {self.dead_letter!r}; expected "log" or "file:PATH"')
+        if self.dead_letter not in ("log", "kafka") and not (
+            self.dead_letter.startswith("file:") and len(self.dead_letter) > 5
+        ):
+            raise ValueError(
+                f'dead_letter is {self.dead_letter!r}; expected "log", "file:PATH" or "kafka"'
+            )
         return self
 
 

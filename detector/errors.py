@@ -39,3 +39,9 @@ class StateFormatError(DetectorError):
     """Saved stream state cannot be restored (damaged, or written for another model layout).
     Operator action: none needed for one stream, which starts afresh; if every restore fails,
     check that the model sizes in the configuration match the running deployment."""
+
+
+class TopicSetupError(DetectorError):
+    """A topic the daemon needs is missing or incompatible (e.g. the changelog has another
+    partition count than the input). Operator action: create or fix the topic named in the
+    message, or set kafka.create_topics = true."""

@@ -40,6 +40,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
@@ -215,6 +216,33 @@ def _tanh_impl(x):  # type: ignore[no-untyped-def]  # pragma: no cover
     return tanh_exact
 
 
+def neg_exp(x: float) -> float:
+    """exp(-x) with x clamped to +-18 (float32) or +-40 (float64): where sigmoid(x) is
+    within the type's precision of 0 or 1, so products of such terms stay finite. The
+    streaming step builds its gates from these (see _cell_update_rows)."""
+    limit = 40.0
+    return math.exp(-min(max(x, -limit), limit))
+
+
+@overload(neg_exp, jit_options=_ACT_OPTIONS)
+def _neg_exp_impl(x):  # type: ignore[no-untyped-def]  # pragma: no cover
+    if x == types.float32:
+
+        def neg_exp_f32(x):  # type: ignore[no-untyped-def]
+            x = x if x > np.float32(-18.0) else np.float32(-18.0)
+            x = x if x < np.float32(18.0) else np.float32(18.0)
+            return _exp_f32(-x)
+
+        return neg_exp_f32
+
+    def neg_exp_exact(x):  # type: ignore[no-untyped-def]
+        x = x if x > -40.0 else -40.0
+        x = x if x < 40.0 else 40.0
+        return np.exp(-x)
+
+    return neg_exp_exact
+
+
 # --------------------------------------------------------------------------- small products
 # The products inside the time loops are small, (B, H) @ (H, 4H) and (B, 4H) @ (4H, H), and
 # a training step has 2T of them. Through np.dot, OpenBLAS spends most of such a call
@@ -385,6 +413,320 @@ def _head_forward(h_top, x_in, theta, shape: ModelShape, q_out, y_out):  # type:
 
 
 # --------------------------------------------------------------------------- streaming step
+# The scoring kernel steps a wave of streams whose rows lie anywhere in a table of a million:
+# their state is gathered into contiguous scratch (whole rows, vectorised copies), stepped
+# there with the same register-tiled products as training, and scattered back. The public
+# lstm_step keeps its (h, c) interface for callers with separate tables and allocates its
+# scratch per call; lstm_step_rows takes the scratch from the caller.
+
+
+def prefetch(arr: np.ndarray, byte_offset: int) -> None:
+    """Hint the CPU to fetch the cache line ``byte_offset`` bytes into arr's data, for
+    reading (llvm.prefetch, locality 3). No effect on results, and an address outside the
+    array is harmless: prefetches never fault. Jitted code runs the overload below; this
+    body (a no-op) only with NUMBA_DISABLE_JIT=1."""
+
+
+def prefetch_write(arr: np.ndarray, byte_offset: int) -> None:
+    """As :func:`prefetch`, for a line about to be written."""
+
+
+def prefetch_l2(arr: np.ndarray, byte_offset: int) -> None:
+    """As :func:`prefetch`, into the L2 cache only (locality 2, prefetcht1), for lines
+    needed later: they do not hold one of the few L1 miss buffers while they arrive, so
+    more misses overlap."""
+
+
+def _prefetch_codegen(rw: int, locality: int = 3):  # type: ignore[no-untyped-def]  # pragma: no cover
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        address = builder.gep(builder.bitcast(ary.data, i8p), [args[1]])
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [address, i32(rw), i32(locality), i32(1)])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+@intrinsic
+def _llvm_prefetch(typingctx, arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
+    if not isinstance(arr, types.Array) or not isinstance(byte_offset, types.Integer):
+        return None
+    return types.void(arr, byte_offset), _prefetch_codegen(0)
+
+
+@intrinsic
+def _llvm_prefetch_write(typingctx, arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
+    if not isinstance(arr, types.Array) or not isinstance(byte_offset, types.Integer):
+        return None
+    return types.void(arr, byte_offset), _prefetch_codegen(1)
+
+
+@intrinsic
+def _llvm_prefetch_l2(typingctx, arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
+    if not isinstance(arr, types.Array) or not isinstance(byte_offset, types.Integer):
+        return None
+    return types.void(arr, byte_offset), _prefetch_codegen(0, 2)
+
+
+@overload(prefetch, jit_options=_ACT_OPTIONS)
+def _prefetch_impl(arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
+    def impl(arr, byte_offset):  # type: ignore[no-untyped-def]
+        _llvm_prefetch(arr, byte_offset)
+
+    return impl
+
+
+@overload(prefetch_l2, jit_options=_ACT_OPTIONS)
+def _prefetch_l2_impl(arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
+    def impl(arr, byte_offset):  # type: ignore[no-untyped-def]
+        _llvm_prefetch_l2(arr, byte_offset)
+
+    return impl
+
+
+@overload(prefetch_write, jit_options=_ACT_OPTIONS)
+def _prefetch_write_impl(arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
+    def impl(arr, byte_offset):  # type: ignore[no-untyped-def]
+        _llvm_prefetch_write(arr, byte_offset)
+
+    return impl
+
+
+_LANES = 16  # one AVX-512 register of float32
+
+
+@njit(**_KERNEL)
+def _dot_rows(a, v, y, d):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """y[n, d] = a[n] . v for every row of a (N, K); v (K,) contiguous.
+
+    Sixteen partial sums in registers (stack lanes, as in _matmul) summed as a tree: a plain
+    running sum is a chain of K dependent adds that LLVM may not reorder (no reassociation
+    in LSTM_FASTMATH), ~4x slower at K = 32. The order is fixed, so results are
+    reproducible.
+    """
+    N, K = a.shape
+    K_full = K - K % _LANES
+    lane = _tile_buffer(_LANES, y)
+    for n in range(N):
+        row = a[n]
+        for q in range(_LANES):
+            lane[q] = 0.0
+        for k0 in range(0, K_full, _LANES):
+            r = row[k0:]
+            w = v[k0:]
+            for q in range(_LANES):
+                lane[q] += r[q] * w[q]
+        for q in range(_LANES // 2):
+            lane[q] += lane[q + _LANES // 2]
+        for q in range(_LANES // 4):
+            lane[q] += lane[q + _LANES // 4]
+        for q in range(_LANES // 8):
+            lane[q] += lane[q + _LANES // 8]
+        total = lane[0] + lane[1]
+        for k in range(K_full, K):
+            total += row[k] * v[k]
+        y[n, d] = total
+
+
+@njit(**_KERNEL)
+def _head_rows(h_top, x_in, theta, shape: ModelShape, q_out, y_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """_head_forward for the streaming step: ŷ = head(h_top) (+ x_in[:, :D_out] when
+    residual), with one-output products as row dot products and the rest through _matmul
+    (np.dot's call overhead is most of a product this small)."""
+    V1, a1, V2, a2 = head_views(theta, shape)
+    N, D = y_out.shape
+    top = h_top
+    if shape.head_hidden > 0:
+        _matmul(h_top, V1, q_out)
+        K = q_out.shape[1]
+        for n in range(N):
+            for k in range(K):
+                v = q_out[n, k] + a1[k]
+                if shape.head_activation == ACTIVATION_RELU:
+                    q_out[n, k] = v if v > 0.0 else 0.0
+                else:
+                    q_out[n, k] = tanh(v)
+        top = q_out
+    if D == 1:
+        _dot_rows(top, V2.reshape(V2.shape[0]), y_out, 0)
+    else:
+        _matmul(top, V2, y_out)
+    for n in range(N):
+        for d in range(D):
+            y_out[n, d] += a2[d]
+            if shape.residual:
+                y_out[n, d] += x_in[n, d]
+
+
+@njit(**_KERNEL)
+def step_gathered(x, prev, new, theta, shape: ModelShape, gates, tmp, q, y_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """One LSTM step for the S = len(x) streams whose state was gathered into scratch.
+
+    Shapes: x (S, D_in); prev, new (layers, 2, S_max, H) with S <= S_max: prev[l, 0, n] and
+    prev[l, 1, n] are stream n's h and c of layer l, and the new state goes to ``new`` the
+    same way; gates, tmp (>= S, 4H) and q (>= S, head_hidden) scratch; y_out (S, D_out).
+    """
+    S = x.shape[0]
+    x_l = x
+    for l in range(shape.layers):
+        W, U, b = layer_views(theta, shape, l)
+        pre = gates[:S]
+        _matmul(prev[l, 0, :S], U, pre)
+        if W.shape[0] <= _FOLD_INPUT_MAX:
+            _add_bias_input(pre, b, x_l, W)
+        else:
+            xw = tmp[:S]
+            _matmul(x_l, W, xw)
+            _add_bias_projection(pre, b, xw)
+        _cell_update(pre, prev[l, 1, :S], new[l, 1, :S], new[l, 0, :S])
+        x_l = new[l, 0, :S]
+    _head_rows(x_l, x, theta, shape, q[:S], y_out)
+
+
+@njit(**_KERNEL)
+def step_scratch(S: int, shape: ModelShape, like):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """(gates, tmp, q, h_out) for :func:`lstm_step_rows` on up to S streams."""
+    H, K = shape.hidden, shape.head_hidden
+    dtype = like.dtype
+    return (
+        np.empty((S, 4 * H), dtype),
+        np.empty((S, 4 * H), dtype),
+        np.empty((S, K), dtype),
+        np.empty((S, H), dtype),
+    )
+
+
+@njit(**_KERNEL)
+def _matmul_rows(a, rows, b, c):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """c[i] = a[rows[i]] @ b: _matmul on rows of a table picked by index, so that the step
+    reads each stream's h where it lies instead of copying it out first. a (N, K) (any
+    strides), rows (M,), b (K, N_out) and c (M, N_out) C-contiguous."""
+    M = rows.shape[0]
+    K = a.shape[1]
+    N = b.shape[1]
+    acc = _tile_buffer(_TILE, c)
+    a_k = _tile_buffer(_TILE_ROWS, c)
+    M_full = M - M % _TILE_ROWS
+    N_full = N - N % _TILE_COLS
+    for i0 in range(0, M_full, _TILE_ROWS):
+        r0 = a[rows[i0]]
+        r1 = a[rows[i0 + 1]]
+        r2 = a[rows[i0 + 2]]
+        r3 = a[rows[i0 + 3]]
+        for j0 in range(0, N_full, _TILE_COLS):
+            for q in range(_TILE):
+                acc[q] = 0.0
+            for k in range(K):
+                b_k = b[k, j0 : j0 + _TILE_COLS]
+                a_k[0] = r0[k]
+                a_k[1] = r1[k]
+                a_k[2] = r2[k]
+                a_k[3] = r3[k]
+                for jj in range(_TILE_COLS):
+                    for r in range(_TILE_ROWS):
+                        acc[r * _TILE_COLS + jj] += a_k[r] * b_k[jj]
+            for r in range(_TILE_ROWS):
+                c_r = c[i0 + r, j0 : j0 + _TILE_COLS]
+                for jj in range(_TILE_COLS):
+                    c_r[jj] = acc[r * _TILE_COLS + jj]
+    # Edges, as in _matmul (k outermost; views from column 0).
+    if N_full < N:
+        for i in range(M_full):
+            c[i, N_full:] = 0.0
+        for k in range(K):
+            b_k = b[k, N_full:]
+            for i in range(M_full):
+                a_ik = a[rows[i], k]
+                c_i = c[i, N_full:]
+                for j in range(N - N_full):
+                    c_i[j] += a_ik * b_k[j]
+    if M_full < M:
+        c[M_full:] = 0.0
+        for k in range(K):
+            b_k = b[k]
+            for i in range(M_full, M):
+                a_ik = a[rows[i], k]
+                c_i = c[i]
+                for j in range(N):
+                    c_i[j] += a_ik * b_k[j]
+
+
+@njit(**_KERNEL)
+def _cell_update_rows(gates, hc, rows, l, h_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """c_t and h_t of layer l for table rows, in place: from the pre-activations ``gates``
+    (S, 4H; overwritten), c_{t-1} read from and c_t, h_t written to hc[rows[n], l]; h_t
+    also into h_out (S, H), the next layer's (or the head's) input.
+
+    Three divisions per unit instead of five (the divider limits this pass): with
+    E(x) = exp(-x) (neg_exp), σ(a) = 1 / (1 + E(a)) and tanh(b) = (1 - E(2b)) / (1 + E(2b)),
+        i_t ⊙ g_t = (1 - E(2g)) / ((1 + E(i)) (1 + E(2g)))
+        h_t = o_t ⊙ tanh(c_t) = (1 - E(2c_t)) / ((1 + E(o)) (1 + E(2c_t)))
+    and f_t = σ(f) alone. Two passes over few arrays each, as in _cell_update.
+    """
+    S = rows.shape[0]
+    H = h_out.shape[1]
+    one = np.ones(1, gates.dtype)[0]
+    two = one + one
+    for n in range(S):
+        # Views from index 0 per gate block (see _cell_update).
+        a_i = gates[n, :H]
+        a_f = gates[n, H : 2 * H]
+        a_g = gates[n, 2 * H : 3 * H]
+        a_o = gates[n, 3 * H :]
+        for j in range(H):
+            e_i = neg_exp(a_i[j])
+            e_g = neg_exp(two * a_g[j])
+            a_i[j] = (one - e_g) / ((one + e_i) * (one + e_g))  # i_t ⊙ g_t
+            a_f[j] = one / (one + neg_exp(a_f[j]))  # f_t
+            a_o[j] = one + neg_exp(a_o[j])  # 1 / o_t
+    for n in range(S):
+        g = gates[n]
+        ig = g[:H]
+        f_t = g[H : 2 * H]
+        inv_o = g[3 * H :]
+        state = hc[rows[n], l]
+        h_row = state[0]
+        c_row = state[1]
+        out = h_out[n]
+        for j in range(H):
+            c_t = f_t[j] * c_row[j] + ig[j]
+            e_c = neg_exp(two * c_t)
+            h_t = (one - e_c) / (inv_o[j] * (one + e_c))
+            c_row[j] = c_t
+            h_row[j] = h_t
+            out[j] = h_t
+
+
+@njit(**_KERNEL)
+def lstm_step_rows(x, rows, hc, theta, shape: ModelShape, gates, tmp, q, h_out, y_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """One step for S streams whose h and c are rows of one table, in place, reading and
+    writing each row where it lies (no gather into scratch and scatter back).
+
+    Shapes: x (S, D_in); rows (S,) distinct row indices; hc (capacity, layers, 2, H) with
+    hc[s, l, 0] = h and hc[s, l, 1] = c of row s; scratch gates, tmp (>= S, 4H), q (>= S,
+    head_hidden), h_out (>= S, H); y_out (S, D_out) receives ŷ.
+    Layer l's product reads its old h from the rows before its cell update overwrites them;
+    the layer above reads the new h from h_out.
+    """
+    S = x.shape[0]
+    x_l = x
+    for l in range(shape.layers):
+        W, U, b = layer_views(theta, shape, l)
+        pre = gates[:S]
+        _matmul_rows(hc[:, l, 0], rows, U, pre)
+        if W.shape[0] <= _FOLD_INPUT_MAX:
+            _add_bias_input(pre, b, x_l, W)
+        else:
+            xw = tmp[:S]
+            _matmul(x_l, W, xw)
+            _add_bias_projection(pre, b, xw)
+        _cell_update_rows(pre, hc, rows, l, h_out[:S])
+        x_l = h_out[:S]
+    _head_rows(x_l, x, theta, shape, q[:S], y_out)
 
 
 @njit(**_KERNEL)
@@ -393,38 +735,25 @@ def lstm_step(x, slots, h, c, theta, shape: ModelShape, y_out):  # type: ignore[
 
     Shapes: x (S, D_in), slots (S,) distinct row indices, h and c (capacity, layers, H),
     y_out (S, D_out) receives ŷ (the prediction of each stream's next input).
-    Scratch is allocated once per call (per batch), never per stream.
+    Scratch is allocated once per call (per batch), never per stream. (The scoring kernel
+    keeps its table's h and c in one array and steps it with lstm_step_rows.)
     """
     S = x.shape[0]
-    H = shape.hidden
-    G = 4 * H
-    dtype = theta.dtype
-    h_prev = np.empty((S, H), dtype)
-    c_prev = np.empty((S, H), dtype)
-    pre = np.empty((S, G), dtype)
-    rec = np.empty((S, G), dtype)
-    c_new = np.empty((S, H), dtype)
-    h_new = np.empty((S, H), dtype)
-    q = np.empty((S, shape.head_hidden), dtype)
-    x_l = x
-    for l in range(shape.layers):
-        W, U, b = layer_views(theta, shape, l)
-        for n in range(S):
-            for j in range(H):
-                h_prev[n, j] = h[slots[n], l, j]
-                c_prev[n, j] = c[slots[n], l, j]
-        np.dot(x_l, W, pre)
-        np.dot(h_prev, U, rec)
-        for n in range(S):
-            for j in range(G):
-                pre[n, j] += rec[n, j] + b[j]
-        _cell_update(pre, c_prev, c_new, h_new)
-        for n in range(S):
-            for j in range(H):
-                h[slots[n], l, j] = h_new[n, j]
-                c[slots[n], l, j] = c_new[n, j]
-        x_l = h_new.copy()  # the next layer's input; h_new is overwritten by that layer
-    _head_forward(x_l, x, theta, shape, q, y_out)
+    L, H = shape.layers, shape.hidden
+    prev = np.empty((L, 2, S, H), theta.dtype)
+    new = np.empty((L, 2, S, H), theta.dtype)
+    gates, tmp, q, _ = step_scratch(S, shape, theta)
+    for n in range(S):
+        s = slots[n]
+        for l in range(L):
+            prev[l, 0, n] = h[s, l]
+            prev[l, 1, n] = c[s, l]
+    step_gathered(x, prev, new, theta, shape, gates, tmp, q, y_out)
+    for n in range(S):
+        s = slots[n]
+        for l in range(L):
+            h[s, l] = new[l, 0, n]
+            c[s, l] = new[l, 1, n]
 
 
 # --------------------------------------------------------------------------- sequence forward

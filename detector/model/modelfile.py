@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import orjson
@@ -51,7 +51,17 @@ def content_hash(params: LSTMParams) -> str:
 
 def save_model(path: str | Path, params: LSTMParams, metadata: ModelMetadata) -> ModelMetadata:
     """Write atomically; return the metadata as stored (with creation time and hash)."""
-    path = Path(path)
+    raw, stored = encode_model(params, metadata)
+
+    def write(f: BinaryIO) -> None:
+        f.write(raw)
+
+    write_atomically(Path(path), write)
+    return stored
+
+
+def encode_model(params: LSTMParams, metadata: ModelMetadata) -> tuple[bytes, ModelMetadata]:
+    """The bytes of a model file (also the value of a models-topic record) and its metadata."""
     if len(metadata.feature_names) != params.shape.n_inputs:
         raise ValueError(
             f"{len(metadata.feature_names)} feature names for {params.shape.n_inputs} inputs"
@@ -77,8 +87,9 @@ def save_model(path: str | Path, params: LSTMParams, metadata: ModelMetadata) ->
     arrays[_METADATA_KEY] = np.frombuffer(
         orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), dtype=np.uint8
     )
-    write_atomically(path, lambda f: np.savez_compressed(f, allow_pickle=False, **arrays))
-    return stored
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, allow_pickle=False, **arrays)
+    return buffer.getvalue(), stored
 
 
 def load_model(path: str | Path) -> tuple[LSTMParams, ModelMetadata]:
@@ -90,6 +101,11 @@ def load_model(path: str | Path) -> tuple[LSTMParams, ModelMetadata]:
         raise ModelFileError(path, "no such file") from None
     except OSError as exc:
         raise ModelFileError(path, f"cannot be read ({exc.strerror})") from None
+    return decode_model(raw, path)
+
+
+def decode_model(raw: bytes, path: object) -> tuple[LSTMParams, ModelMetadata]:
+    """Verify and read model-file bytes; ``path`` names their origin in errors."""
     arrays = _read_npz(path, raw)
     document = _read_metadata(path, arrays)
     version = document.get("format_version")
@@ -139,7 +155,7 @@ def load_model(path: str | Path) -> tuple[LSTMParams, ModelMetadata]:
     return params, metadata
 
 
-def _read_npz(path: Path, raw: bytes) -> dict[str, np.ndarray]:
+def _read_npz(path: object, raw: bytes) -> dict[str, np.ndarray]:
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             return {name: npz[name] for name in npz.files}
@@ -152,7 +168,7 @@ def _read_npz(path: Path, raw: bytes) -> dict[str, np.ndarray]:
         raise ModelFileError(path, f"is truncated or corrupted ({exc})") from None
 
 
-def _read_metadata(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+def _read_metadata(path: object, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     if _METADATA_KEY not in arrays:
         raise ModelFileError(path, "has no metadata: not a detector model file")
     try:

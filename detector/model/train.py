@@ -78,6 +78,20 @@ def split_windows(
     return _Split(x[train], y[train], x[val], y[val])
 
 
+def validation_split(
+    windows: NDArray[np.floating], n_outputs: int, settings: TrainingSettings
+) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
+    """(inputs, targets) of the windows :func:`train` holds out for validation with these
+    settings (the same seed gives the same draw), e.g. to score another model on them."""
+    data = split_windows(windows, n_outputs, settings.val_fraction, _rng(settings))
+    return data.x_val, data.y_val
+
+
+def _rng(settings: TrainingSettings) -> np.random.Generator:
+    """The one generator of a training run: it draws the split first, then batch orders."""
+    return np.random.default_rng(settings.seed)
+
+
 def _time_major(a: NDArray[np.floating], dtype: np.dtype) -> NDArray[np.floating]:
     return np.ascontiguousarray(a.transpose(1, 0, 2), dtype=dtype)
 
@@ -135,7 +149,7 @@ def train(
         raise ValueError(
             f"windows have {windows.shape[1]} steps; washout {settings.washout} leaves no target"
         )
-    rng = np.random.default_rng(settings.seed)
+    rng = _rng(settings)
     data = split_windows(windows, shape.n_outputs, settings.val_fraction, rng)
     params = initial.copy()
     dtype = params.dtype

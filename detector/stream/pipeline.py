@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detector.config import GroupSettings, Settings
-from detector.errors import ConfigError, ModelFileError
+from detector.errors import ConfigError, ModelFileError, StateFormatError
 from detector.io.formats import Format, decode
 from detector.model.modelfile import load_model
 from detector.model.params import LSTMParams, make_shape
@@ -36,6 +36,7 @@ from detector.stream.scoring import (
     DROPPED,
     GAP_CONTINUED,
     GAP_RESET,
+    REPLAYED,
     BatchScores,
     ScoringConfig,
     check_compatible,
@@ -59,6 +60,7 @@ class Counters:
     incomplete: int = 0  # vector samples missing one of the group's fields
     refused: int = 0  # points of new streams beyond max_streams
     out_of_order: int = 0  # points not newer than their stream's last one
+    replayed: int = 0  # points at or below their stream's stored input offset (Kafka replay)
     gap_resets: int = 0
     gaps_continued: int = 0
     alerts: int = 0
@@ -72,12 +74,32 @@ class Counters:
 class DeadLetter:
     payload: bytes
     reasons: list[str]
+    index: int  # the message's position in the batch handed to Pipeline.process
+
+
+@dataclass(frozen=True, slots=True)
+class PointScores:
+    """Every point of one group that reached the kernel in one batch, in arrival order.
+
+    Kept only when asked (``Pipeline.process(..., keep_scores=True)``, for evaluation and
+    plots); non-finite and refused points never reach the kernel and are not here.
+    """
+
+    group: str
+    streams: list[str]
+    ts: NDArray[np.float64]  # (B,) epoch seconds
+    value: NDArray[np.float64]  # (B, D)
+    predicted: NDArray[np.float64]  # (B, D) the forecast of this point; NaN without one
+    score: NDArray[np.float64]  # (B,) in [0, 1]; 0 without a prediction or when dropped
+    status: NDArray[np.int8]  # SCORED, NO_PREDICTION or DROPPED (detector.stream.scoring)
+    alert: NDArray[np.bool_]  # (B,)
 
 
 @dataclass(slots=True)
 class BatchOutput:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    scores: list[PointScores] | None = None  # one entry per group scored, with keep_scores
 
 
 @dataclass(slots=True)
@@ -87,6 +109,7 @@ class _Points:
     streams: list[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
     values: list[list[float]] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)  # input offset of each point's message
 
 
 class ModelGroup:
@@ -173,22 +196,38 @@ class Pipeline:
         self.threshold = settings.scoring.threshold
         self.mode = settings.scoring.mode
 
-    def process(self, messages: Sequence[bytes], now: float, partition: int = 0) -> BatchOutput:
-        """Score every point of ``messages``; returns the alerts and the dead letters."""
-        out = BatchOutput()
+    def process(
+        self,
+        messages: Sequence[bytes],
+        now: float,
+        partition: int = 0,
+        keep_scores: bool = False,
+        offsets: Sequence[int] | None = None,
+    ) -> BatchOutput:
+        """Score every point of ``messages``; returns the alerts and the dead letters (and,
+        with ``keep_scores``, every point's score in ``out.scores``).
+
+        ``offsets`` (Kafka mode): each message's input offset. A point at or below its
+        stream's stored offset was applied before the state was saved, so it is skipped
+        (counted as ``replayed``): a replay after a crash never steps h and c twice.
+        """
+        out = BatchOutput(scores=[] if keep_scores else None)
         points = [_Points() for _ in self.groups]
         self.counters.messages += len(messages)
-        for payload in messages:
-            reasons = self._gather(payload, now, points)
+        if offsets is not None and len(offsets) != len(messages):
+            raise ValueError(f"{len(offsets)} offsets for {len(messages)} messages")
+        for index, payload in enumerate(messages):
+            offset = -1 if offsets is None else offsets[index]
+            reasons = self._gather(payload, now, points, offset)
             if reasons:
                 self.counters.decode_errors += len(reasons)
-                out.dead_letters.append(DeadLetter(bytes(payload), reasons))
+                out.dead_letters.append(DeadLetter(bytes(payload), reasons, index))
         for group, pts in zip(self.groups, points, strict=True):
             if pts.streams:
                 self._score(group, pts, now, partition, out)
         return out
 
-    def _gather(self, payload: bytes, now: float, points: list[_Points]) -> list[str]:
+    def _gather(self, payload: bytes, now: float, points: list[_Points], offset: int) -> list[str]:
         decoded = decode(payload, self.format, now=now)
         reasons = decoded.errors
         route = self.router.route
@@ -217,6 +256,7 @@ class Pipeline:
                 pts.streams.append(r.stream)
                 pts.ts.append(sample.ts)
                 pts.values.append(row)
+                pts.offsets.append(offset)
         return reasons
 
     def _score(
@@ -224,12 +264,13 @@ class Pipeline:
     ) -> None:
         ts = np.array(pts.ts, np.float64)
         values = np.array(pts.values, np.float64).reshape(len(pts.ts), group.n_values)
+        offsets = np.array(pts.offsets, np.int64)
         finite = np.isfinite(values).all(axis=1) & np.isfinite(ts)
         streams = pts.streams
         if not finite.all():
             self.counters.non_finite += int((~finite).sum())
             streams = [s for s, ok in zip(streams, finite.tolist(), strict=True) if ok]
-            ts, values = ts[finite], values[finite]
+            ts, values, offsets = ts[finite], values[finite], offsets[finite]
         table = group.table(partition)
         slots = table.slots(streams, now)
         known = slots >= 0
@@ -237,17 +278,33 @@ class Pipeline:
             self.counters.refused += int((~known).sum())
             streams = [s for s, ok in zip(streams, known.tolist(), strict=True) if ok]
             slots, ts, values = slots[known], ts[known], values[known]
+            offsets = offsets[known]
         if not streams:
             return
-        scores = score_batch(table, group.params, group.config, slots, ts, values)
+        with_offsets = offsets if offsets.size and offsets.max() >= 0 else None
+        scores = score_batch(table, group.params, group.config, slots, ts, values, with_offsets)
         c = self.counters
         c.points += len(streams)
         c.out_of_order += int((scores.status == DROPPED).sum())
+        c.replayed += int((scores.status == REPLAYED).sum())
         c.gap_resets += int((scores.gap == GAP_RESET).sum())
         c.gaps_continued += int((scores.gap == GAP_CONTINUED).sum())
         for i in np.flatnonzero(scores.alert).tolist():
             out.alerts.append(self._alert(group, streams[i], ts, values, scores, i))
         c.alerts += int(scores.alert.sum())
+        if out.scores is not None:  # copies: the kernel's output arrays may be reused
+            out.scores.append(
+                PointScores(
+                    group.name,
+                    streams,
+                    ts,
+                    values,
+                    scores.predicted.copy(),
+                    scores.score.copy(),
+                    scores.status.copy(),
+                    scores.alert.copy(),
+                )
+            )
 
     def _alert(
         self,
@@ -301,6 +358,55 @@ class Pipeline:
         return {
             g.name: g.tables[partition].to_bytes() for g in self.groups if partition in g.tables
         }
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget a partition's state (it moved to another instance); returns its streams."""
+        n = 0
+        for group in self.groups:
+            table = group.tables.pop(partition, None)
+            n += len(table) if table is not None else 0
+        return n
+
+    def partitions(self) -> set[int]:
+        return {p for g in self.groups for p in g.tables}
+
+    def changed_streams(self, partition: int) -> list[tuple[str, str, bytes | None]]:
+        """(group, stream, state) of every stream of ``partition`` changed since the last
+        call; state None for a stream evicted since (a changelog tombstone)."""
+        changed: list[tuple[str, str, bytes | None]] = []
+        for group in self.groups:
+            table = group.tables.get(partition)
+            if table is None:
+                continue
+            changed += [(group.name, s, None) for s in table.take_removed()]
+            changed += [(group.name, s, table.stream_bytes(s)) for s in table.take_dirty()]
+        return changed
+
+    def restore_streams(
+        self, partition: int, saved: Mapping[tuple[str, str], bytes], now: float
+    ) -> tuple[int, int]:
+        """Load per-stream states of ``partition`` keyed by (group, stream); returns (restored,
+        refused). A state that does not fit (group gone, another layout) is refused and the
+        stream starts afresh: one unreadable record must not block a partition."""
+        by_name = {g.name: g for g in self.groups}
+        restored = refused = 0
+        for (group_name, stream), data in saved.items():
+            group = by_name.get(group_name)
+            if group is None:
+                refused += 1
+                continue
+            try:
+                group.table(partition).restore_stream(stream, data, now)
+            except StateFormatError:
+                refused += 1
+                continue
+            restored += 1
+        for group in self.groups:
+            table = group.tables.get(partition)
+            if table is not None:
+                table.take_dirty()  # just restored: the changelog already holds these states
+                table.take_removed()
+        return restored, refused
 
     def restore(self, partition: int, saved: Mapping[str, bytes], now: float) -> None:
         """Load :meth:`snapshot` output; a group no longer configured is ignored."""

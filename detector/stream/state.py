@@ -1,22 +1,40 @@
-"""Per-stream state of one model group and one partition, as struct-of-arrays tables.
+"""Per-stream state of one model group and one partition, as tables of rows.
 
-Row ``slot_of[stream]`` of every array belongs to ``stream``; there is never a Python object
-per stream, so the scoring kernel reads and writes whole batches of rows. What one row holds:
+Row ``slot`` of every array belongs to one stream; there is never a Python object per
+stream, so the scoring kernel reads and writes whole batches of rows. What one row holds:
 
-    h, c        (layers, H)     the LSTM's hidden and cell state
-    x_mean      (D,)            running mean of the raw input (robust EWMA)
-    x_var       (D,)            running variance of the raw input
-    pred        (D,)            the prediction of the next input, in normalised units
+    rec         one record, the scalars the kernel touches for every point, packed so that
+                a point costs one cache line (64 bytes at D = 1 in float32; always a whole
+                number of lines, and the array starts on a line):
+        last_ts     timestamp of the last accepted point, epoch seconds (float64)
+        seen        points accepted since the stream started or was reset (int64)
+        offset      input offset of the last point handled, -1 before any (int64): a point
+                    at or below it is a replay and is skipped (Kafka, DESIGN.md "Changelog")
+        err         (ERR_COLUMNS,) error and interval statistics, columns named below
+        x_mean      (D,) running mean of the raw input (robust EWMA)
+        x_var       (D,) running variance of the raw input
+        pred        (D,) the prediction of the next input, in normalised units
+        hist        bit k: the point k steps ago exceeded the threshold (uint32)
+        cooldown    points left before the stream may alert again (int32)
+    hc          (layers, 2, H)  the LSTM's h (``hc[:, :, 0]``) and c (``hc[:, :, 1]``), one
+                                contiguous block so the kernel copies it in whole lines
     ring        (W, n_inputs)   the last W model inputs (normalised values, calendar features)
-    err         (ERR_COLUMNS,)  error and interval statistics, columns named below
-    err_ring    (E,)            dynamic threshold only: the last E smoothed errors (E = 0 otherwise)
-    last_ts     ()              timestamp of the last accepted point, epoch seconds
-    seen        ()              points accepted since the stream started (or was reset)
-    hist        ()              bit k: the point k steps ago exceeded the threshold
-    cooldown    ()              points left before the stream may alert again
+    marks       (ceil(W / 8),)  bit i: ring entry i was written by a point that exceeded
+                                the threshold (retraining leaves those out)
+    err_ring    (E,)            dynamic threshold only: the last E smoothed errors
+    flags       ()              bit DIRTY: changed since the last ``take_dirty``; bit MARKED:
+                                some mark is set (else the kernel need not touch ``marks``
+                                for a point that does not exceed). Not saved: MARKED is
+                                recomputed from the marks on restore
     last_seen   ()              wall-clock time of the last point, for idle eviction (not saved)
 
-The ring's write position is ``seen % W``, so it needs no column of its own.
+The ring's write position is ``seen % W``, so it needs no column of its own. ``h``, ``c``
+and every record field are also attributes (NumPy views), e.g. ``table.seen[slot]``.
+
+Stream ids live in a byte arena (UTF-8), found through an open-addressing hash table
+(linear probing on a seeded 64-bit hash, verified byte for byte, so distinct ids never
+share a row) that jitted code probes for a whole batch at once: no dict, no Python string
+and no int object per stream, and a batch's lookups overlap their cache misses.
 
 Capacity grows by doubling (amortised O(1) per new stream, no copy per stream) up to
 ``max_streams``; beyond that new streams are refused and counted, so a cardinality explosion
@@ -25,26 +43,37 @@ upstream costs a counter, not the process. Freed rows are reused.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from numba import njit
 from numpy.typing import NDArray
 
 from detector.errors import StateFormatError
+from detector.model.lstm import prefetch
 
-# Columns of ``err``.
-ERR_SMOOTH = 0  # s_t: EWMA of the prediction error
+# Columns of the record's ``err``. Each mode uses at most four statistics, so two columns
+# serve two modes each (a table's mode cannot change between dynamic and the others: only
+# dynamic tables have an error window).
+ERR_SMOOTH = 0  # s_t: EWMA of the prediction error (zscore, dynamic)
+ERR_SHORT = 0  # likelihood: the short-term mean of e_t, in place of s_t (unused there)
 ERR_MEAN = 1  # mean of the normal-error distribution (zscore: of s_t; likelihood: of e_t)
-ERR_VAR = 2  # its variance
+ERR_EPS = 1  # dynamic: the current threshold on s_t (0 until first computed)
+ERR_VAR = 2  # variance of the normal-error distribution
 ERR_COUNT = 3  # updates of ERR_MEAN/ERR_VAR so far (early EWMA weights are 1/count)
-ERR_SHORT = 4  # likelihood: short-term mean of e_t
-ERR_EPS = 5  # dynamic: the current threshold on s_t (0 until first computed)
-DT_MEAN = 6  # the stream's usual interval between points, seconds (EWMA)
-ERR_COLUMNS = 7
+DT_MEAN = 4  # the stream's usual interval between points, seconds (EWMA)
+ERR_COLUMNS = 5
+
+# Bits of ``flags``.
+DIRTY = 1
+MARKED = 2
 
 _INITIAL_CAPACITY = 1024
+_LINE = 64  # bytes of a cache line: records and rows start on one
+MAX_KEY_BYTES = 0xFFFF  # a stream id's UTF-8 bytes; the arena stores lengths in 16 bits
 
 
 class TableLayout(NamedTuple):
@@ -59,71 +88,399 @@ class TableLayout(NamedTuple):
     dtype: str  # "float32" or "float64"
 
 
-# (name, row shape given a layout, dtype given a layout); the serialised field order.
-def _row_fields(layout: TableLayout) -> list[tuple[str, tuple[int, ...], np.dtype]]:
-    f = np.dtype(layout.dtype)
-    return [
-        ("h", (layout.layers, layout.hidden), f),
-        ("c", (layout.layers, layout.hidden), f),
-        ("x_mean", (layout.n_values,), f),
-        ("x_var", (layout.n_values,), f),
-        ("pred", (layout.n_values,), f),
-        ("ring", (layout.buffer_len, layout.n_inputs), f),
-        ("err", (ERR_COLUMNS,), f),
-        ("err_ring", (layout.error_window,), f),
-        ("last_ts", (), np.dtype(np.float64)),
-        ("seen", (), np.dtype(np.int64)),
-        ("hist", (), np.dtype(np.uint32)),
-        ("cooldown", (), np.dtype(np.int32)),
+def record_dtype(layout: TableLayout) -> np.dtype:
+    """The in-memory record of one row (module docstring), padded to whole cache lines."""
+    f = np.dtype(layout.dtype).newbyteorder("<")
+    D = layout.n_values
+    fields: list[tuple[str, np.dtype, tuple[int, ...]]] = [
+        ("last_ts", np.dtype("<f8"), ()),
+        ("seen", np.dtype("<i8"), ()),
+        ("offset", np.dtype("<i8"), ()),
+        ("err", f, (ERR_COLUMNS,)),
+        ("x_mean", f, (D,)),
+        ("x_var", f, (D,)),
+        ("pred", f, (D,)),
+        ("hist", np.dtype("<u4"), ()),
+        ("cooldown", np.dtype("<i4"), ()),
     ]
+    names, formats, offsets = [], [], []
+    at = 0
+    for name, dtype, shape in fields:
+        names.append(name)
+        formats.append((dtype, shape) if shape else dtype)
+        offsets.append(at)
+        at += dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    size = -(-at // _LINE) * _LINE
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
+
+
+def _row_dtype(layout: TableLayout) -> np.dtype:
+    """One row as serialised: packed, little-endian, in this field order (format version 2)."""
+    f = np.dtype(layout.dtype).newbyteorder("<")
+    L, H, D = layout.layers, layout.hidden, layout.n_values
+    return np.dtype(
+        [
+            ("h", f, (L, H)),
+            ("c", f, (L, H)),
+            ("x_mean", f, (D,)),
+            ("x_var", f, (D,)),
+            ("pred", f, (D,)),
+            ("ring", f, (layout.buffer_len, layout.n_inputs)),
+            ("marks", np.uint8, (_mark_bytes(layout.buffer_len),)),
+            ("err", f, (ERR_COLUMNS,)),
+            ("err_ring", f, (layout.error_window,)),
+            ("last_ts", "<f8"),
+            ("seen", "<i8"),
+            ("offset", "<i8"),
+            ("hist", "<u4"),
+            ("cooldown", "<i4"),
+        ]
+    )
+
+
+def _mark_bytes(buffer_len: int) -> int:
+    return (buffer_len + 7) // 8
+
+
+def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.generic]:
+    """np.zeros whose data starts on a cache line (malloc gives 16 bytes: a 256-byte row
+    would then span five lines instead of four)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(n + _LINE, np.uint8)
+    start = -raw.ctypes.data % _LINE
+    return raw[start : start + n].view(dtype).reshape(shape)
 
 
 # Versioned header of serialised state: magic, format version, the layout.
 _MAGIC = b"DST"
-_VERSION = 1
+_VERSION = 2  # 2: offset, ring marks; err columns shared between modes (ERR_COLUMNS = 5)
 _HEADER = struct.Struct("<3sBHHHHIIB")  # magic, version, L, H, D, n_inputs, W, E, dtype code
 _DTYPE_CODES = {"float32": 4, "float64": 8}
 _COUNT = struct.Struct("<I")
 _KEY_LEN = struct.Struct("<H")
+
+# ------------------------------------------------------------------------------ stream index
+# Counters shared with the jitted index functions, in one int64 array.
+_ARENA_USED = 0  # bytes of the arena in use (live keys and garbage)
+_ARENA_GARBAGE = 1  # bytes of removed keys, reclaimed by compaction
+_LIVE = 2  # streams in the table
+_HIGH_WATER = 3  # rows ever handed out: rows >= this one have never been used
+_N_FREE = 4  # freed rows on the free stack
+_N_COUNTERS = 5
+
+_EMPTY = -1  # an empty bucket of the hash table; a free row's key_meta
+_LEN_BITS = 16  # key_meta = arena offset << 16 | key length
+
+_FNV_PRIME = np.uint64(0x100000001B3)
+_MIX1 = np.uint64(0xFF51AFD7ED558CCD)
+_MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
+
+_INDEX = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@njit(**_INDEX)
+def _hash(data, start, end, seed):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Seeded 64-bit hash of data[start:end] (FNV-1a per byte, then MurmurHash3's fmix64).
+    The seed is drawn per table, so ids cannot be chosen to collide in every process."""
+    h = seed
+    for i in range(start, end):
+        h = (h ^ np.uint64(data[i])) * _FNV_PRIME
+    h ^= h >> _S33
+    h *= _MIX1
+    h ^= h >> _S33
+    h *= _MIX2
+    h ^= h >> _S33
+    return h
+
+
+@njit(**_INDEX)
+def _same_key(data, start, end, arena, meta):  # type: ignore[no-untyped-def]  # pragma: no cover
+    n = end - start
+    if meta & 0xFFFF != n:
+        return False
+    off = meta >> _LEN_BITS
+    for i in range(n):  # noqa: SIM110 (all() of a generator does not compile in numba)
+        if arena[off + i] != data[start + i]:
+            return False
+    return True
+
+
+@njit(**_INDEX)
+def _probe(data, start, end, h, ix_hash, ix_slot, key_meta, arena):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The row of the id data[start:end] (hash h), or -1."""
+    mask = ix_hash.shape[0] - 1
+    i = np.int64(h & np.uint64(mask))
+    while True:
+        s = ix_slot[i]
+        if s < 0:
+            return -1
+        if ix_hash[i] == h and _same_key(data, start, end, arena, key_meta[s]):
+            return np.int64(s)
+        i = (i + 1) & mask
+
+
+@njit(**_INDEX)
+def index_find(data, ends, seed, ix_hash, ix_slot, key_meta, arena, out, hashes, last_seen, now):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """out[p] = the row of id p, or -1 if unknown; hashes[p] = its hash. Id p is
+    data[ends[p-1]:ends[p]] (from 0 for p = 0). Known rows get last_seen = now unless
+    last_seen is empty (a lookup that is not a point). Returns the number of unknown ids.
+
+    In stages over the whole batch, each prefetching what the next one reads (bucket, key
+    record, key bytes), so that the cache misses of different ids overlap.
+    """
+    B = ends.shape[0]
+    mask = ix_hash.shape[0] - 1
+    start = 0
+    for p in range(B):
+        end = ends[p]
+        h = _hash(data, start, end, seed)
+        hashes[p] = h
+        i = np.int64(h & np.uint64(mask))
+        prefetch(ix_hash, i * 8)
+        prefetch(ix_slot, i * 4)
+        start = end
+    for p in range(B):
+        h = hashes[p]
+        i = np.int64(h & np.uint64(mask))
+        found = -1
+        while True:
+            s = ix_slot[i]
+            if s < 0:
+                break
+            if ix_hash[i] == h:
+                found = np.int64(s)
+                break
+            i = (i + 1) & mask
+        out[p] = found
+        if found >= 0:
+            prefetch(key_meta, found * 8)
+    for p in range(B):
+        if out[p] >= 0:
+            prefetch(arena, key_meta[out[p]] >> _LEN_BITS)
+    missing = 0
+    touch = last_seen.shape[0] > 0
+    start = 0
+    for p in range(B):
+        end = ends[p]
+        s = out[p]
+        if s >= 0 and not _same_key(data, start, end, arena, key_meta[s]):
+            # Another id with the same 64-bit hash: probe on, comparing bytes.
+            s = _probe(data, start, end, hashes[p], ix_hash, ix_slot, key_meta, arena)
+            out[p] = s
+        if s < 0:
+            missing += 1
+        elif touch:
+            last_seen[s] = now
+        start = end
+    return missing
+
+
+@njit(**_INDEX)
+def index_insert(  # type: ignore[no-untyped-def]  # pragma: no cover
+    data, ends, hashes, out, ix_hash, ix_slot, key_meta, arena, free, counters, max_streams, new
+):
+    """Give every id p with out[p] < 0 a row (the same row to repeats of one id), unless
+    the table holds max_streams streams: then out[p] stays -1. The caller has made room:
+    capacity for every new row, arena bytes for every new key. Writes the new rows into
+    ``new`` and returns (their number, ids refused)."""
+    mask = ix_hash.shape[0] - 1
+    n_new = 0
+    refused = 0
+    for p in range(ends.shape[0]):
+        if out[p] >= 0:
+            continue
+        start = ends[p - 1] if p > 0 else 0
+        end = ends[p]
+        h = hashes[p]
+        s = _probe(data, start, end, h, ix_hash, ix_slot, key_meta, arena)
+        if s < 0:
+            if counters[_LIVE] >= max_streams:
+                refused += 1
+                continue
+            if counters[_N_FREE] > 0:
+                counters[_N_FREE] -= 1
+                s = free[counters[_N_FREE]]
+            else:
+                s = counters[_HIGH_WATER]
+                counters[_HIGH_WATER] += 1
+            off = counters[_ARENA_USED]
+            for k in range(end - start):
+                arena[off + k] = data[start + k]
+            counters[_ARENA_USED] += end - start
+            key_meta[s] = (off << _LEN_BITS) | (end - start)
+            i = np.int64(h & np.uint64(mask))
+            while ix_slot[i] >= 0:
+                i = (i + 1) & mask
+            ix_hash[i] = h
+            ix_slot[i] = s
+            counters[_LIVE] += 1
+            new[n_new] = s
+            n_new += 1
+        out[p] = s
+    return n_new, refused
+
+
+@njit(**_INDEX)
+def index_remove(slots, seed, ix_hash, ix_slot, key_meta, arena, free, counters):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Forget the streams of rows ``slots`` (live, distinct) and free the rows.
+
+    Linear probing without tombstones: the entries after a removed one move back into the
+    hole when their home bucket allows it (Knuth, TAOCP vol. 3, algorithm 6.4R).
+    """
+    mask = ix_hash.shape[0] - 1
+    for s in slots:
+        meta = key_meta[s]
+        off = meta >> _LEN_BITS
+        n = meta & 0xFFFF
+        h = _hash(arena, off, off + n, seed)
+        i = np.int64(h & np.uint64(mask))
+        while ix_slot[i] != s:
+            i = (i + 1) & mask
+        ix_slot[i] = _EMPTY
+        j = i
+        while True:
+            j = (j + 1) & mask
+            if ix_slot[j] < 0:
+                break
+            home = np.int64(ix_hash[j] & np.uint64(mask))
+            stays = (i < home <= j) if i <= j else (i < home or home <= j)
+            if not stays:
+                ix_hash[i] = ix_hash[j]
+                ix_slot[i] = ix_slot[j]
+                ix_slot[j] = _EMPTY
+                i = j
+        key_meta[s] = _EMPTY
+        free[counters[_N_FREE]] = s
+        counters[_N_FREE] += 1
+        counters[_ARENA_GARBAGE] += n
+        counters[_LIVE] -= 1
+
+
+@njit(**_INDEX)
+def index_rebuild(seed, key_meta, arena, high_water, ix_hash, ix_slot):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Fill an empty hash table (ix_slot all -1) with every live row."""
+    mask = ix_hash.shape[0] - 1
+    for s in range(high_water):
+        meta = key_meta[s]
+        if meta < 0:
+            continue
+        off = meta >> _LEN_BITS
+        h = _hash(arena, off, off + (meta & 0xFFFF), seed)
+        i = np.int64(h & np.uint64(mask))
+        while ix_slot[i] >= 0:
+            i = (i + 1) & mask
+        ix_hash[i] = h
+        ix_slot[i] = s
+
+
+@njit(**_INDEX)
+def arena_compact(key_meta, arena, high_water, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Copy the live keys into ``out`` in row order, updating key_meta; returns bytes used."""
+    at = 0
+    for s in range(high_water):
+        meta = key_meta[s]
+        if meta < 0:
+            continue
+        off = meta >> _LEN_BITS
+        n = meta & 0xFFFF
+        for k in range(n):
+            out[at + k] = arena[off + k]
+        key_meta[s] = (at << _LEN_BITS) | n
+        at += n
+    return at
+
+
+def encode_ids(streams: Sequence[str]) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    """The ids' UTF-8 bytes end to end, and where each one ends. Lone surrogates (which
+    JSON can carry) are kept as such ("surrogatepass"), so every str has its own bytes."""
+    joined = "".join(streams)
+    data = joined.encode("utf-8", "surrogatepass")
+    n = len(streams)
+    if len(data) == len(joined):  # all ASCII: one byte per character
+        lengths = np.fromiter(map(len, streams), np.int64, count=n)
+    else:
+        lengths = np.fromiter(
+            (len(s.encode("utf-8", "surrogatepass")) for s in streams), np.int64, count=n
+        )
+    if n and int(lengths.max()) > MAX_KEY_BYTES:
+        raise ValueError(f"a stream id is longer than {MAX_KEY_BYTES} bytes in UTF-8")
+    return np.frombuffer(data, np.uint8), np.cumsum(lengths)
+
+
+def _decode(key: bytes) -> str:
+    return key.decode("utf-8", "surrogatepass")
+
+
+class SlotIndex:
+    """``table.slot_of``: a read-only mapping stream id -> row (keys and values in row order)."""
+
+    __slots__ = ("_table",)
+
+    def __init__(self, table: StreamStateTable) -> None:
+        self._table = table
+
+    def __getitem__(self, stream: str) -> int:
+        slot = self._table._find(stream)
+        if slot < 0:
+            raise KeyError(stream)
+        return slot
+
+    def get(self, stream: str, default: int | None = None) -> int | None:
+        slot = self._table._find(stream)
+        return default if slot < 0 else slot
+
+    def __contains__(self, stream: object) -> bool:
+        return isinstance(stream, str) and self._table._find(stream) >= 0
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def keys(self) -> list[str]:
+        return [self._table.key_of(s) for s in self._table.live_slots().tolist()]
+
+    def values(self) -> NDArray[np.int64]:
+        return self._table.live_slots()
+
+    def items(self) -> list[tuple[str, int]]:
+        return [(self._table.key_of(s), s) for s in self._table.live_slots().tolist()]
 
 
 class StreamStateTable:
     """State of every stream of one model group in one partition."""
 
     __slots__ = (
+        "_arena",
+        "_counters",
         "_free",
-        "_keys",
-        "c",
-        "cooldown",
-        "err",
+        "_ix_hash",
+        "_ix_slot",
+        "_key_meta",
+        "_removed",
+        "_seed",
         "err_ring",
-        "h",
-        "hist",
+        "flags",
+        "hc",
         "last_seen",
-        "last_ts",
         "layout",
+        "marks",
         "max_streams",
-        "pred",
+        "rec",
         "refused",
         "ring",
-        "seen",
-        "slot_of",
-        "x_mean",
-        "x_var",
+        "scratch",
     )
 
-    h: NDArray[np.floating]
-    c: NDArray[np.floating]
-    x_mean: NDArray[np.floating]
-    x_var: NDArray[np.floating]
-    pred: NDArray[np.floating]
+    rec: NDArray[np.void]
+    hc: NDArray[np.floating]
     ring: NDArray[np.floating]
-    err: NDArray[np.floating]
+    marks: NDArray[np.uint8]
     err_ring: NDArray[np.floating]
-    last_ts: NDArray[np.float64]
-    seen: NDArray[np.int64]
-    hist: NDArray[np.uint32]
-    cooldown: NDArray[np.int32]
+    flags: NDArray[np.uint8]
     last_seen: NDArray[np.float64]
 
     def __init__(
@@ -135,23 +492,114 @@ class StreamStateTable:
             raise ValueError(f"max_streams is {max_streams}; expected at least 1")
         self.layout = layout
         self.max_streams = max_streams
-        self.slot_of: dict[str, int] = {}
-        self._keys: list[str | None] = []  # slot -> stream, None for a free slot
-        self._free: list[int] = []
-        self.refused = 0  # new streams turned away because the table was full
+        self.refused = 0  # points of new streams turned away because the table was full
+        self.scratch: object = None  # owned by detector.stream.scoring: reused per call
+        self._removed: dict[str, None] = {}  # evicted or removed since take_removed
+        self._seed = np.uint64(int.from_bytes(os.urandom(8), "little"))
+        self._counters = np.zeros(_N_COUNTERS, np.int64)
+        self._arena = np.zeros(16 << 10, np.uint8)
+        self._free = np.zeros(64, np.int64)
         capacity = max(1, min(initial_capacity, max_streams))
-        for name, row, dtype in _row_fields(layout):
-            setattr(self, name, np.zeros((capacity, *row), dtype))
-        self.last_seen = np.zeros(capacity, np.float64)
+        self._allocate_rows(capacity)
+        self._ix_hash, self._ix_slot = self._empty_index(capacity)
+
+    # ------------------------------------------------------------------ arrays
+
+    def _arrays(self, capacity: int) -> dict[str, NDArray[np.generic]]:
+        lay = self.layout
+        f = np.dtype(lay.dtype)
+        return {
+            "rec": _aligned_zeros((capacity,), record_dtype(lay)),
+            "hc": _aligned_zeros((capacity, lay.layers, 2, lay.hidden), f),
+            "ring": _aligned_zeros((capacity, lay.buffer_len, lay.n_inputs), f),
+            "marks": np.zeros((capacity, _mark_bytes(lay.buffer_len)), np.uint8),
+            "err_ring": np.zeros((capacity, lay.error_window), f),
+            "flags": np.zeros(capacity, np.uint8),
+            "last_seen": np.zeros(capacity, np.float64),
+            "_key_meta": np.full(capacity, _EMPTY, np.int64),
+        }
+
+    def _allocate_rows(self, capacity: int) -> None:
+        for name, array in self._arrays(capacity).items():
+            setattr(self, name, array)
+
+    @staticmethod
+    def _empty_index(capacity: int) -> tuple[NDArray[np.uint64], NDArray[np.int32]]:
+        size = 1 << max(4, (2 * capacity - 1).bit_length())  # load factor <= 1/2
+        return np.zeros(size, np.uint64), np.full(size, _EMPTY, np.int32)
+
+    def _grow(self, needed: int) -> None:
+        old_capacity = self.capacity
+        capacity = min(max(needed, 2 * old_capacity), self.max_streams)
+        used = int(self._counters[_HIGH_WATER])
+        for name, new in self._arrays(capacity).items():
+            # Untouched tails stay unbacked by memory until used (zeros, not copies).
+            new[:used] = getattr(self, name)[:used]
+            setattr(self, name, new)
+        self._ix_hash, self._ix_slot = self._empty_index(capacity)
+        index_rebuild(self._seed, self._key_meta, self._arena, used, self._ix_hash, self._ix_slot)
+
+    # ------------------------------------------------------------------ views by field
+
+    @property
+    def capacity(self) -> int:
+        return int(self.rec.shape[0])
+
+    @property
+    def h(self) -> NDArray[np.floating]:
+        """(capacity, layers, H) view of hc."""
+        return self.hc[:, :, 0]
+
+    @property
+    def c(self) -> NDArray[np.floating]:
+        return self.hc[:, :, 1]
+
+    @property
+    def last_ts(self) -> NDArray[np.float64]:
+        return self.rec["last_ts"]
+
+    @property
+    def seen(self) -> NDArray[np.int64]:
+        return self.rec["seen"]
+
+    @property
+    def offset(self) -> NDArray[np.int64]:
+        return self.rec["offset"]
+
+    @property
+    def err(self) -> NDArray[np.floating]:
+        return self.rec["err"]
+
+    @property
+    def x_mean(self) -> NDArray[np.floating]:
+        return self.rec["x_mean"]
+
+    @property
+    def x_var(self) -> NDArray[np.floating]:
+        return self.rec["x_var"]
+
+    @property
+    def pred(self) -> NDArray[np.floating]:
+        return self.rec["pred"]
+
+    @property
+    def hist(self) -> NDArray[np.uint32]:
+        return self.rec["hist"]
+
+    @property
+    def cooldown(self) -> NDArray[np.int32]:
+        return self.rec["cooldown"]
+
+    # ------------------------------------------------------------------ streams
 
     def __len__(self) -> int:
-        return len(self.slot_of)
+        return int(self._counters[_LIVE])
 
     def __contains__(self, stream: object) -> bool:
-        return stream in self.slot_of
+        return isinstance(stream, str) and self._find(stream) >= 0
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.slot_of)
+        return iter(self.slot_of.keys())
 
     def __repr__(self) -> str:
         return (
@@ -160,72 +608,199 @@ class StreamStateTable:
         )
 
     @property
-    def capacity(self) -> int:
-        return int(self.h.shape[0])
+    def slot_of(self) -> SlotIndex:
+        """Mapping stream id -> row."""
+        return SlotIndex(self)
 
-    # ------------------------------------------------------------------ slots
+    def live_slots(self) -> NDArray[np.int64]:
+        """Rows in use, ascending."""
+        used = int(self._counters[_HIGH_WATER])
+        return np.flatnonzero(self._key_meta[:used] >= 0)
+
+    def key_of(self, slot: int) -> str:
+        """The stream id of a row in use."""
+        meta = int(self._key_meta[slot])
+        if meta < 0:
+            raise KeyError(f"row {slot} holds no stream")
+        off = meta >> _LEN_BITS
+        return _decode(self._arena[off : off + (meta & 0xFFFF)].tobytes())
+
+    def _key_bytes(self, slot: int) -> bytes:
+        meta = int(self._key_meta[slot])
+        off = meta >> _LEN_BITS
+        return self._arena[off : off + (meta & 0xFFFF)].tobytes()
+
+    def _find(self, stream: str) -> int:
+        data, ends = encode_ids([stream])
+        out = np.empty(1, np.int64)
+        hashes = np.empty(1, np.uint64)
+        index_find(
+            data,
+            ends,
+            self._seed,
+            self._ix_hash,
+            self._ix_slot,
+            self._key_meta,
+            self._arena,
+            out,
+            hashes,
+            np.empty(0, np.float64),  # a lookup is not a point: last_seen stays
+            0.0,
+        )
+        return int(out[0])
 
     def slots(self, streams: Sequence[str], now: float) -> NDArray[np.int64]:
         """The row of each stream, creating rows for new streams; -1 where refused.
 
         A refused stream (the table is at ``max_streams``) is counted in ``refused`` for
-        each of its points; its points never reach the kernel.
+        each of its points; its points never reach the kernel. A new stream's row counts
+        as changed (``take_dirty``).
         """
-        out = np.empty(len(streams), np.int64)
-        slot_of = self.slot_of
-        for i, stream in enumerate(streams):
-            slot = slot_of.get(stream)
-            if slot is None:
-                slot = self._allocate(stream)
-            out[i] = slot
-        self.last_seen[out[out >= 0]] = now
+        n = len(streams)
+        out = np.empty(n, np.int64)
+        if n == 0:
+            return out
+        data, ends = encode_ids(streams)
+        hashes = np.empty(n, np.uint64)
+        missing = index_find(
+            data,
+            ends,
+            self._seed,
+            self._ix_hash,
+            self._ix_slot,
+            self._key_meta,
+            self._arena,
+            out,
+            hashes,
+            self.last_seen,
+            now,
+        )
+        if missing:
+            self._insert(data, ends, hashes, out, int(missing), now)
         return out
 
-    def _allocate(self, stream: str) -> int:
-        if len(self.slot_of) >= self.max_streams:
-            self.refused += 1
-            return -1
-        if self._free:
-            slot = self._free.pop()
+    def _insert(
+        self,
+        data: NDArray[np.uint8],
+        ends: NDArray[np.int64],
+        hashes: NDArray[np.uint64],
+        out: NDArray[np.int64],
+        missing: int,
+        now: float,
+    ) -> None:
+        c = self._counters
+        fresh = max(0, missing - int(c[_N_FREE]))  # rows that may come from past high water
+        if c[_HIGH_WATER] + fresh > self.capacity and self.capacity < self.max_streams:
+            self._grow(int(c[_HIGH_WATER]) + fresh)
+        unknown = out < 0
+        key_bytes = int(np.diff(ends, prepend=0)[unknown].sum())
+        if c[_ARENA_USED] + key_bytes > self._arena.size:
+            self._reserve_arena(key_bytes)
+        new = np.empty(missing, np.int64)
+        n_new, refused = index_insert(
+            data,
+            ends,
+            hashes,
+            out,
+            self._ix_hash,
+            self._ix_slot,
+            self._key_meta,
+            self._arena,
+            self._free,
+            c,
+            self.max_streams,
+            new,
+        )
+        self.refused += int(refused)
+        new = new[:n_new]
+        self._clear(new)
+        self.flags[new] = DIRTY
+        self.last_seen[new] = now
+        if self._removed:  # back after an eviction: its new state supersedes the tombstone
+            for slot in new.tolist():
+                self._removed.pop(self.key_of(slot), None)
+
+    def _reserve_arena(self, more: int) -> None:
+        c = self._counters
+        live = int(c[_ARENA_USED] - c[_ARENA_GARBAGE])
+        size = max(2 * (live + more), 16 << 10)
+        arena = np.zeros(size, np.uint8)
+        if c[_ARENA_GARBAGE]:
+            c[_ARENA_USED] = arena_compact(self._key_meta, self._arena, int(c[_HIGH_WATER]), arena)
+            c[_ARENA_GARBAGE] = 0
         else:
-            slot = len(self._keys)
-            if slot >= self.capacity:
-                self._grow(slot + 1)
-            self._keys.append(None)
-        self._clear(slot)
-        self._keys[slot] = stream
-        self.slot_of[stream] = slot
-        return slot
+            arena[: c[_ARENA_USED]] = self._arena[: c[_ARENA_USED]]
+        self._arena = arena
 
-    def _grow(self, needed: int) -> None:
-        capacity = min(max(needed, 2 * self.capacity), self.max_streams)
-        for name in (*(f[0] for f in _row_fields(self.layout)), "last_seen"):
-            old = getattr(self, name)
-            # zeros, not empty: the untouched tail stays unbacked by memory until used.
-            new = np.zeros((capacity, *old.shape[1:]), old.dtype)
-            new[: old.shape[0]] = old
-            setattr(self, name, new)
-
-    def _clear(self, slot: int) -> None:
-        for name, _row, _dtype in _row_fields(self.layout):
-            getattr(self, name)[slot] = 0
+    def _clear(self, slots: NDArray[np.int64]) -> None:
+        blank = np.zeros((), self.rec.dtype)
+        blank["offset"] = -1
+        self.rec[slots] = blank
+        self.hc[slots] = 0
+        self.ring[slots] = 0
+        self.marks[slots] = 0
+        self.err_ring[slots] = 0
 
     def remove(self, stream: str) -> None:
-        slot = self.slot_of.pop(stream)
-        self._keys[slot] = None
-        self._free.append(slot)
+        """Forget a stream (reported by ``take_removed``); KeyError if it is not here."""
+        slot = self._find(stream)
+        if slot < 0:
+            raise KeyError(stream)
+        self._remove_slots(np.array([slot], np.int64), [stream])
+
+    def _remove_slots(self, slots: NDArray[np.int64], streams: list[str]) -> None:
+        c = self._counters
+        if c[_N_FREE] + slots.size > self._free.size:
+            free = np.zeros(max(2 * self._free.size, int(c[_N_FREE]) + slots.size), np.int64)
+            free[: c[_N_FREE]] = self._free[: c[_N_FREE]]
+            self._free = free
+        index_remove(
+            slots, self._seed, self._ix_hash, self._ix_slot, self._key_meta, self._arena,
+            self._free, c,
+        )  # fmt: skip
+        self.flags[slots] = 0
+        self._removed.update(dict.fromkeys(streams))
 
     def evict_idle(self, now: float, ttl_s: float) -> list[str]:
         """Forget streams without a point for more than ``ttl_s`` seconds; returns them."""
-        used = len(self._keys)
-        idle = np.flatnonzero(self.last_seen[:used] < now - ttl_s)
-        evicted = []
-        for slot in idle.tolist():
-            stream = self._keys[slot]
-            if stream is not None:
-                self.remove(stream)
-                evicted.append(stream)
+        used = int(self._counters[_HIGH_WATER])
+        idle = np.flatnonzero((self._key_meta[:used] >= 0) & (self.last_seen[:used] < now - ttl_s))
+        evicted = [self.key_of(s) for s in idle.tolist()]
+        if evicted:
+            self._remove_slots(idle, evicted)
         return evicted
+
+    def take_dirty(self) -> list[str]:
+        """Streams whose row changed (a point handled, or the row created) since the last
+        call or since the table was created or restored; clears the marks."""
+        used = int(self._counters[_HIGH_WATER])
+        changed = np.flatnonzero(self.flags[:used] & DIRTY)
+        self.flags[changed] &= ~np.uint8(DIRTY)
+        return [self.key_of(s) for s in changed.tolist()]
+
+    def take_removed(self) -> list[str]:
+        """Streams evicted or removed since the last call (and not back since): the
+        changelog's tombstones. Call it before ``take_dirty``."""
+        removed = list(self._removed)
+        self._removed.clear()
+        return removed
+
+    def offset_of(self, stream: str) -> int:
+        """The input offset of the stream's last handled point, -1 before any."""
+        return int(self.rec["offset"][self.slot_of[stream]])
+
+    def ring_window(
+        self, stream_or_slot: str | int
+    ) -> tuple[NDArray[np.floating], NDArray[np.bool_]]:
+        """The stream's buffered model inputs (n, n_inputs), oldest first, n = min(seen, W),
+        and for each whether the point that wrote it exceeded the threshold."""
+        slot = self.slot_of[stream_or_slot] if isinstance(stream_or_slot, str) else stream_or_slot
+        W = self.layout.buffer_len
+        seen = int(self.rec["seen"][slot])
+        n = min(seen, W)
+        pos = (seen - n + np.arange(n)) % W
+        marks = (self.marks[slot, pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
+        return self.ring[slot, pos], marks.astype(np.bool_)
 
     # ------------------------------------------------------------------ serialisation
 
@@ -243,34 +818,35 @@ class StreamStateTable:
             _DTYPE_CODES[lay.dtype],
         )
 
-    def _row_bytes(self, slot: int) -> bytes:
-        return b"".join(
-            getattr(self, name)[slot].tobytes() for name, _r, _d in _row_fields(self.layout)
-        )
+    def _pack_rows(self, slots: NDArray[np.int64]) -> NDArray[np.void]:
+        rows = np.empty(slots.size, _row_dtype(self.layout))
+        for name in rows.dtype.names or ():
+            rows[name] = getattr(self, name)[slots]
+        return rows
 
-    def _load_row(self, slot: int, data: memoryview) -> None:
-        offset = 0
-        for name, row, dtype in _row_fields(self.layout):
-            size = int(np.prod(row, dtype=np.int64)) * dtype.itemsize
-            values = np.frombuffer(data[offset : offset + size], dtype=dtype)
-            getattr(self, name)[slot] = values.reshape(row)
-            offset += size
+    def _unpack_rows(self, slots: NDArray[np.int64], rows: NDArray[np.void]) -> None:
+        for name in rows.dtype.names or ():
+            field = getattr(self, name)
+            field[slots] = rows[name]
+
+    def _restored(self, slots: NDArray[np.int64]) -> None:
+        """Flags of rows just loaded: not changed since, MARKED as their marks say."""
+        self.flags[slots] = np.where(self.marks[slots].any(axis=1), MARKED, 0)
 
     def row_size(self) -> int:
         """Bytes of one serialised row (without header or key)."""
-        return sum(
-            int(np.prod(row, dtype=np.int64)) * dtype.itemsize
-            for _n, row, dtype in _row_fields(self.layout)
-        )
+        return _row_dtype(self.layout).itemsize
 
     def stream_bytes(self, stream: str) -> bytes:
         """One stream's state as versioned bytes (a changelog record's value)."""
-        return self._header() + self._row_bytes(self.slot_of[stream])
+        slot = np.array([self.slot_of[stream]], np.int64)
+        return self._header() + self._pack_rows(slot).tobytes()
 
     def restore_stream(self, stream: str, data: bytes, now: float) -> None:
         """Load bytes from :meth:`stream_bytes` into ``stream``'s row (created if new).
 
         Raises StateFormatError if the bytes are damaged or were written for another layout.
+        The row does not count as changed (``take_dirty``): the changelog holds this state.
         """
         view = self._check_header(memoryview(data), what=f"state of stream {stream!r}")
         if len(view) != self.row_size():
@@ -278,17 +854,21 @@ class StreamStateTable:
                 f"state of stream {stream!r} has {len(view)} bytes after its header; "
                 f"expected {self.row_size()}"
             )
-        slot = self.slots([stream], now)[0]
-        if slot < 0:
+        slots = self.slots([stream], now)
+        if slots[0] < 0:
             raise StateFormatError(f"table is full ({self.max_streams} streams); {stream!r}")
-        self._load_row(int(slot), view)
+        self._unpack_rows(slots, np.frombuffer(view, _row_dtype(self.layout)))
+        self._restored(slots)
 
     def to_bytes(self) -> bytes:
         """Every stream's state: header, count, then (key length, key, row) per stream."""
-        parts = [self._header(), _COUNT.pack(len(self.slot_of))]
-        for stream, slot in self.slot_of.items():
-            key = stream.encode()
-            parts += [_KEY_LEN.pack(len(key)), key, self._row_bytes(slot)]
+        slots = self.live_slots()
+        rows = memoryview(self._pack_rows(slots).tobytes())
+        size = self.row_size()
+        parts = [self._header(), _COUNT.pack(slots.size)]
+        for i, slot in enumerate(slots.tolist()):
+            key = self._key_bytes(slot)
+            parts += [_KEY_LEN.pack(len(key)), key, rows[i * size : (i + 1) * size]]
         return b"".join(parts)
 
     @classmethod
@@ -302,13 +882,17 @@ class StreamStateTable:
         found = _layout_from_header(view[: _HEADER.size], "table state")
         if layout is not None and layout != found:
             raise StateFormatError(f"table state has layout {found}; expected {layout}")
-        table = cls(found, max_streams)
         view = view[_HEADER.size :]
         if len(view) < _COUNT.size:
             raise StateFormatError("table state is truncated before its stream count")
         (count,) = _COUNT.unpack(view[: _COUNT.size])
+        if count > max_streams:
+            raise StateFormatError(f"table state holds more than {max_streams} streams")
+        table = cls(found, max_streams, initial_capacity=max(count, 1))
         offset = _COUNT.size
         row_size = table.row_size()
+        keys: list[str] = []
+        rows: list[memoryview] = []
         for i in range(count):
             if len(view) < offset + _KEY_LEN.size:
                 raise StateFormatError(f"table state is truncated at stream {i} of {count}")
@@ -318,16 +902,16 @@ class StreamStateTable:
             if len(view) < end:
                 raise StateFormatError(f"table state is truncated at stream {i} of {count}")
             try:
-                stream = bytes(view[offset : offset + key_len]).decode()
+                keys.append(_decode(bytes(view[offset : offset + key_len])))
             except UnicodeDecodeError:
                 raise StateFormatError(f"table state: stream {i} has a corrupt key") from None
-            slot = table.slots([stream], now)[0]
-            if slot < 0:
-                raise StateFormatError(f"table state holds more than {max_streams} streams")
-            table._load_row(int(slot), view[offset + key_len : end])
+            rows.append(view[offset + key_len : end])
             offset = end
         if offset != len(view):
             raise StateFormatError(f"table state has {len(view) - offset} stray trailing bytes")
+        slots = table.slots(keys, now)
+        table._unpack_rows(slots, np.frombuffer(b"".join(rows), _row_dtype(found)))
+        table._restored(slots)
         return table
 
     def _check_header(self, view: memoryview, what: str) -> memoryview:
@@ -344,7 +928,10 @@ def _layout_from_header(header: memoryview, what: str) -> TableLayout:
     if magic != _MAGIC:
         raise StateFormatError(f"{what} does not start with {_MAGIC!r}; not detector state")
     if version != _VERSION:
-        raise StateFormatError(f"{what} has format version {version}; this build reads {_VERSION}")
+        raise StateFormatError(
+            f"{what} has format version {version}; this build reads {_VERSION} only "
+            "(streams start afresh)"
+        )
     dtypes = {v: k for k, v in _DTYPE_CODES.items()}
     if code not in dtypes:
         raise StateFormatError(f"{what} has unknown dtype code {code}")

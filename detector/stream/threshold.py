@@ -29,7 +29,7 @@ from numba import njit
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
-_SQRT2 = math.sqrt(2.0)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _LOG10_TAIL_FLOOR = -10.0  # tail probabilities at or below 1e-10 score 1
 Z_GRID_START = 2.5
 Z_GRID_STEP = 0.5
@@ -39,10 +39,10 @@ Z_LIMIT = 12.0  # the paper's sd_lim: eps when no candidate qualifies
 @njit(**_JIT)
 def tail_score(z: float) -> float:  # pragma: no cover - jitted
     """-log10(P[N(0,1) > z]) / 10, clipped to [0, 1]."""
-    tail = 0.5 * math.erfc(z / _SQRT2)
+    tail = 0.5 * math.erfc(z * _INV_SQRT2)  # products, not quotients: shorter latency
     if tail <= 1e-10:
         return 1.0
-    score = -math.log10(tail) / -_LOG10_TAIL_FLOOR
+    score = math.log10(tail) * (1.0 / _LOG10_TAIL_FLOOR)
     return min(max(score, 0.0), 1.0)
 
 

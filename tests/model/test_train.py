@@ -115,3 +115,39 @@ def test_clip_grad_norm():
     g = np.array([0.3, 0.4])
     clip_grad_norm(g, 1.0)
     npt.assert_allclose(g, [0.3, 0.4])
+
+
+def test_window_starts_and_usable_starts_share_one_placement():
+    from detector.model.dataset import usable_starts, window_starts
+
+    npt.assert_array_equal(window_starts(10, 4, 3), [0, 3, 6])
+    assert window_starts(3, 4, 1).size == 0
+    bad = np.zeros(10, bool)
+    npt.assert_array_equal(usable_starts(bad, 4, 3), [0, 3, 6])
+    bad[4] = True  # inside the windows starting at 3 (3..6), not 0 (0..3) or 6 (6..9)
+    npt.assert_array_equal(usable_starts(bad, 4, 3), [0, 6])
+    bad[:] = True
+    assert usable_starts(bad, 4, 3).size == 0
+
+
+def test_windows_holding_nan_are_dropped_offline():
+    v = noisy_sine(n=200)
+    v[100] = np.nan
+    w = windows_from_series([v], length=16, stride=4)
+    assert np.isfinite(w).all()
+    clean = windows_from_series([noisy_sine(n=200)], length=16, stride=4)
+    assert len(w) == len(clean) - 4  # the four windows over point 100
+
+
+def test_validation_split_is_the_one_train_holds_out():
+    from detector.model.train import evaluate_loss, validation_split
+
+    windows = windows_from_series([noisy_sine(n=600)], length=32, stride=4)
+    settings = TrainingSettings(window_len=32, epochs=1, seed=3)
+    initial = LSTMParams.init(
+        make_shape(n_inputs=1, n_outputs=1, hidden=8), np.random.default_rng(3)
+    )
+    _, report = train(windows, initial, settings)
+    x_val, y_val = validation_split(windows, 1, settings)
+    assert x_val.shape[0] == report.n_val_windows
+    assert evaluate_loss(initial, x_val, y_val, settings.washout) == report.initial_val_loss

@@ -84,6 +84,7 @@ class RefStream:
     var: np.ndarray = field(init=False)
     pred: np.ndarray = field(init=False)
     ring: list[np.ndarray] = field(init=False)
+    marks: list[bool] = field(init=False)  # per ring entry: its point exceeded
     errors: list[float] = field(init=False)
     smooth: float = 0.0
     err_mean: float = 0.0
@@ -96,6 +97,7 @@ class RefStream:
     seen: int = 0
     history: list[bool] = field(init=False)
     cooldown: int = 0
+    offset: int = -1  # input offset of the last point handled (not reset by a gap)
 
     def __post_init__(self) -> None:
         self.reset()
@@ -107,6 +109,7 @@ class RefStream:
         self.var = np.zeros(self.D)
         self.pred = np.zeros(self.D)
         self.ring = []
+        self.marks = []
         self.errors = []
         self.smooth = self.err_mean = self.err_var = self.short = self.eps = 0.0
         self.dt_mean = 0.0
@@ -116,7 +119,7 @@ class RefStream:
 
 @dataclass
 class RefResult:
-    status: str  # "scored", "no_prediction", "dropped"
+    status: str  # "scored", "no_prediction", "dropped", "replayed"
     gap: str  # "", "reset", "continued"
     score: float = 0.0
     alert: bool = False
@@ -150,7 +153,9 @@ class RefScorer:
     def alpha(self, span: int) -> float:
         return 2.0 / (span + 1.0)
 
-    def point(self, key: str, ts: float, x: np.ndarray) -> RefResult:
+    def point(self, key: str, ts: float, x: np.ndarray, offset: int = -1) -> RefResult:
+        """One point; ``offset`` >= 0 is its input offset (a replay when not above the
+        stream's)."""
         sc, st = self.sc, self.st
         D = x.shape[0]
         s = self.streams.get(key)
@@ -162,6 +167,10 @@ class RefScorer:
                 st.buffer_len,
                 sc.dynamic_window if sc.mode == "dynamic" else 0,
             )
+        if 0 <= offset <= s.offset:
+            return RefResult("replayed", "")
+        if offset >= 0:
+            s.offset = offset  # dropped or not, the point has been handled
         if s.seen > 0 and ts <= s.last_ts:
             return RefResult("dropped", "")
         gap = ""
@@ -182,6 +191,7 @@ class RefScorer:
         sd = np.maximum(np.sqrt(s.var), st.min_std)
         xn = np.clip((x - mu) / sd, -st.input_clip, st.input_clip)
         result = RefResult("no_prediction" if first else "scored", gap)
+        exceeds = False
         if not first:
             result.predicted = s.pred * sd + mu
             e = math.sqrt(float(np.mean((xn - s.pred) ** 2)))
@@ -234,6 +244,7 @@ class RefScorer:
             s.var = (1 - a) * (s.var + a * delta * delta)
         inp = np.concatenate([xn, ref_calendar(ts)]) if self.calendar else xn
         s.ring = [*s.ring, inp][-st.buffer_len :]
+        s.marks = [*s.marks, exceeds][-st.buffer_len :]
         layer_in = inp
         for l in range(self.shape.layers):
             s.h[l], s.c[l] = lstm_numpy.cell(self.gms[l], layer_in, s.h[l], s.c[l])

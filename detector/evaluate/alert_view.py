@@ -1,0 +1,70 @@
+"""The anomaly score NAB sees: the kernel's score as the alert layer would act on it.
+
+The kernel gives every point a score in [0, 1]; production alerts on a point when its score
+is at or above ``scoring.threshold``, the stream is past warm-up, at least k of its last n
+points were at or above the threshold, and no cooldown runs (detector.stream.scoring, step
+5). NAB instead sweeps one threshold θ over per-row scores. So that the sweep measures the
+detector production runs, the score of each row is what the alert layer would make of it
+at any θ:
+
+* warm-up: rows before the stream may alert score 0 (a stream starts over at its first
+  point, and after a gap reset or an eviction);
+* hysteresis: ``min(s_i, k-th largest of the stream's last n scores)``, so the row is at or
+  above θ exactly when the row and k of the last n are (exact for every θ);
+* cooldown: a row scores 0 when a row kept in the ``cooldown`` scored rows before it scored
+  at least as much: at any θ it reaches, that earlier row alerted and the cooldown blocks
+  this one. (Where it scored less, production may still block this row at a θ below both;
+  the view then keeps a detection production would not make: NAB counts an extra false
+  positive, never an earlier true one.)
+
+Rows the kernel did not score (first point of a stream, dropped or non-finite points)
+score 0. Only past rows of the same stream are used: the view is causal, like the detector.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from numpy.typing import NDArray
+
+from detector.config import ScoringSettings
+from detector.stream.scoring import NO_PREDICTION, SCORED
+
+
+def alert_view(
+    score: NDArray[np.float64], status: NDArray[np.int8], scoring: ScoringSettings
+) -> NDArray[np.float64]:
+    """The rows of one stream in arrival order → their scores under the alert layer."""
+    k, n, cooldown, warmup = (
+        scoring.hysteresis_k,
+        scoring.hysteresis_n,
+        scoring.cooldown,
+        scoring.warmup,
+    )
+    out = np.zeros(score.size, np.float64)
+    seen = 0  # points of the stream since its (re)start, as the kernel's `seen`
+    recent: deque[float] = deque(maxlen=n)  # the last n scores (hysteresis history)
+    kept: deque[tuple[int, float]] = deque()  # (scored index, score) of rows kept
+    j = 0  # index of the row among the stream's scored rows
+    for i, (s, st) in enumerate(zip(score.tolist(), status.tolist(), strict=True)):
+        if st == NO_PREDICTION:
+            seen, j = 1, 0
+            recent.clear()
+            kept.clear()
+            continue
+        if st != SCORED:
+            continue
+        warm = seen >= warmup
+        seen += 1
+        j += 1
+        recent.append(s)
+        if not warm or s <= 0.0:
+            continue
+        v = min(s, sorted(recent, reverse=True)[k - 1]) if len(recent) >= k else 0.0
+        while kept and j - kept[0][0] > cooldown:
+            kept.popleft()
+        if v > 0.0 and all(w < v for _, w in kept):
+            out[i] = v
+            kept.append((j, v))
+    return out

@@ -1,0 +1,121 @@
+"""A NAB-format corpus on disk: its series, their labelled windows, and the arrival order.
+
+Layout (nab-dev/README.md): ``DIR/<category>/<name>.csv`` files with a ``timestamp,value``
+header and naive timestamps (read as UTC), and a labels JSON ``{"<category>/<name>.csv":
+[[start, end], ...]}``. Every data file is one stream, named by its path without ``.csv``
+(``realTraffic/speed_7578``). The labels are read by :func:`load_labels` for the scorer
+only; nothing here hands them to the detector.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from detector.errors import InputFileError
+from detector.evaluate.nab_scoring import Window, windows_from_timestamps
+from detector.io.series_files import read_series
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFile:
+    """One data file of the corpus."""
+
+    name: str  # path relative to the data directory, "/"-separated: the labels key
+    timestamps: NDArray[np.float64]  # (N,) epoch seconds
+    values: NDArray[np.float64]  # (N,)
+
+    @property
+    def stream(self) -> str:
+        """The stream id the file's points carry: its name without ``.csv``."""
+        return self.name.removesuffix(".csv")
+
+    @property
+    def category(self) -> str:
+        """The folder of the file ("" for a file at the top of the data directory)."""
+        return self.name.rpartition("/")[0]
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    def __len__(self) -> int:
+        return int(self.timestamps.size)
+
+
+def read_corpus(data_dir: str | Path) -> list[SeriesFile]:
+    """Every ``*.csv`` under ``data_dir`` (recursively), sorted by name."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputFileError(f"{root}: no such directory")
+    files = []
+    for path in sorted(root.rglob("*.csv")):
+        (series,) = read_series(path)
+        if series.values.shape[1] != 1:
+            raise InputFileError(
+                f"{path}: {series.values.shape[1]} value columns {list(series.feature_names)}; "
+                "a NAB data file has one (timestamp,value)"
+            )
+        name = path.relative_to(root).as_posix()
+        files.append(SeriesFile(name, series.timestamps, series.values[:, 0].copy()))
+    if not files:
+        raise InputFileError(f"{root}: no *.csv data files")
+    return files
+
+
+def load_labels(labels_path: str | Path, files: list[SeriesFile]) -> dict[str, list[Window]]:
+    """Every file's labelled windows as inclusive row ranges (for the scorer only).
+
+    Each data file needs an entry (``[]`` for none); entries of files not in the corpus are
+    ignored, so a trimmed data directory can be scored with the full labels file.
+    """
+    path = Path(labels_path)
+    try:
+        labels: object = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read the labels ({exc.strerror})") from None
+    except ValueError as exc:
+        raise InputFileError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(labels, dict):
+        raise InputFileError(f"{path}: expected an object of file name -> windows")
+    missing = [f.name for f in files if f.name not in labels]
+    if missing:
+        raise InputFileError(f"{path}: no labels for {missing[:5]} ({len(missing)} files)")
+    windows = {}
+    for f in files:
+        stamps = _datetimes(f.timestamps)
+        try:
+            windows[f.name] = windows_from_timestamps(stamps, labels[f.name], f.name)
+        except (ValueError, TypeError) as exc:
+            raise InputFileError(f"{path}: {exc}") from None
+    return windows
+
+
+def arrival_order(files: list[SeriesFile]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(file index, row index) of every point, all files interleaved by timestamp.
+
+    Ties go to the file first by name. Each file's own row order is kept even where its
+    timestamps go backwards (the pipeline then drops those points, as in production): the
+    merge key of a row is the largest timestamp of its file up to it.
+    """
+    if not files:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    key = np.concatenate([np.maximum.accumulate(f.timestamps) for f in files])
+    file_idx = np.concatenate([np.full(len(f), k, np.int64) for k, f in enumerate(files)])
+    row_idx = np.concatenate([np.arange(len(f), dtype=np.int64) for f in files])
+    order = np.lexsort((row_idx, file_idx, key))
+    return file_idx[order], row_idx[order]
+
+
+def format_timestamps(ts: NDArray[np.float64]) -> list[str]:
+    """Epoch seconds as NAB writes them: "YYYY-MM-DD HH:MM:SS" (UTC, naive)."""
+    text = np.datetime_as_string(_datetimes(ts), unit="s")
+    return [t.replace("T", " ") for t in text.tolist()]
+
+
+def _datetimes(ts: NDArray[np.float64]) -> NDArray[np.datetime64]:
+    return np.round(ts * 1e6).astype(np.int64).astype("datetime64[us]")

@@ -1,0 +1,1 @@
+"""Kafka mode: clients, topics, the changelog of per-stream state, and the models topic."""

@@ -1,0 +1,460 @@
+"""`detector run` in Kafka mode: a consumer-group member whose state follows its partitions.
+
+One batch: ``getmany`` ─► per partition, ``pipeline.process`` with the records' offsets ─►
+alerts and dead letters queued to the producer. A checkpoint (every ``state.interval_s``, on
+revoke and at shutdown), in this order (DESIGN.md "State, checkpoints and scale-out"):
+
+1. every changed stream's state goes to its changelog partition (evicted ones as tombstones);
+2. every record queued so far (alerts, dead letters, states) is acknowledged by the broker;
+3. only then the input offsets are committed, with an explicit per-partition map.
+
+A crash between checkpoints replays the input from the committed offsets; a stream's state
+carries the offset of the last point it applied, and points at or below it are skipped, so h
+and c are never stepped twice and every alert of the replayed range is produced again (with
+the same deterministic alert ids).
+
+Exactly-once mode (``kafka.exactly_once``): one transactional producer per input partition
+puts that partition's alerts, dead letters, changed states and input offsets of one batch in
+one transaction. An aborted transaction reloads the partition from the changelog and rewinds
+the consumer to the committed offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+import orjson
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+
+from detector.config import Settings
+from detector.errors import ConfigError
+from detector.io.files import DeadLetterSink, LineSink
+from detector.kafka import clients
+from detector.kafka.changelog import changelog_key, read_partitions, split_key
+from detector.kafka.models import ModelWatcher, PublishedModel
+from detector.kafka.outbox import Outbox
+from detector.kafka.topics import ensure_topics
+from detector.stream.pipeline import BatchOutput, Pipeline
+
+log = structlog.get_logger(__name__)
+Client = TypeVar("Client")
+
+_POLL_MS = 500
+_EVICT_EVERY_S = 60.0
+_MODELS_EVERY_S = 5.0
+_RESTORE_TIMEOUT_S = 600.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: KafkaRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.runner.on_revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.runner.on_assigned({tp.partition for tp in assigned})
+
+
+class KafkaRunner:
+    def __init__(self, settings: Settings) -> None:
+        run, k = settings.run, settings.kafka
+        if k.exactly_once and (run.sink != "kafka" or run.dead_letter != "kafka"):
+            raise ConfigError(
+                "kafka.exactly_once: needs run.sink = 'kafka' and run.dead_letter = 'kafka' "
+                "(alerts and dead letters are written in the same transaction as the offsets)"
+            )
+        self.settings = settings
+        self.kafka = k
+        self.instance = run.instance or socket.gethostname()
+        self.pipeline = Pipeline(settings, self.instance)
+        self.should_exit = asyncio.Event()
+        self._signals = 0
+        # Serialises batches, checkpoints and the rebalance callbacks, which aiokafka runs in
+        # its own task: a partition is never checkpointed or dropped in the middle of a batch.
+        self._lock = asyncio.Lock()
+        self.owned: set[int] = set()  # partitions assigned and restored
+        self._limbo: set[int] = set()  # revoked, state kept in case they come straight back
+        self._next_offset: dict[int, int] = {}  # per partition: last processed offset + 1
+        self._committed: dict[int, int] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._txn: dict[int, AIOKafkaProducer] = {}  # exactly-once: one per input partition
+        self._outbox: Outbox | None = None
+        self._restore_reader: AIOKafkaConsumer | None = None
+        self._models_reader: AIOKafkaConsumer | None = None
+        self._models: ModelWatcher | None = None
+        self._line_sink = None if run.sink == "kafka" else LineSink(run.sink)
+        self._dead_sink = (
+            None if run.dead_letter == "kafka" else DeadLetterSink(run.dead_letter, k.input_topic)
+        )
+        self.ready = False
+        self.checkpoints = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _on_signal(self, signum: int) -> None:
+        self._signals += 1
+        log.info("shutdown_requested", signal=signal.Signals(signum).name, count=self._signals)
+        if self._signals > 1:
+            raise KeyboardInterrupt  # second signal: exit at once, no checkpoint
+        self.should_exit.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        handled = (signal.SIGTERM, signal.SIGINT)
+        for sig in handled:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self._run()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+    async def _run(self) -> None:
+        if not await self._connect():
+            return  # asked to stop before the broker was reachable
+        log.info(
+            "run_started",
+            source=f"kafka:{self.kafka.input_topic}",
+            group_id=self.kafka.group_id,
+            group_instance_id=self.kafka.group_instance_id or None,
+            exactly_once=self.kafka.exactly_once,
+            groups=[g.name for g in self.pipeline.groups],
+            instance=self.instance,
+        )
+        try:
+            await self._loop()
+            try:
+                async with asyncio.timeout(self.settings.state.grace_s):
+                    async with self._lock:
+                        await self._checkpoint(self.owned, final=True)
+            except TimeoutError:
+                log.error(
+                    "final_checkpoint_timed_out",
+                    grace_s=self.settings.state.grace_s,
+                    action="exiting; the input is replayed from the last committed offsets",
+                )
+        finally:
+            await self._close()
+        log.info(
+            "run_finished",
+            streams=self.pipeline.streams(),
+            checkpoints=self.checkpoints,
+            **self.pipeline.counters.as_dict(),
+        )
+
+    async def _connect(self) -> bool:
+        """Start every client, retrying with backoff while the broker is unreachable."""
+        k = self.kafka
+        backoff = k.retry_backoff_s
+        while not self.should_exit.is_set():
+            try:
+                await self._start_clients()
+            except (KafkaConnectionError, KafkaError, OSError) as exc:
+                await self._close()
+                log.warning(
+                    "broker_unavailable",
+                    bootstrap_servers=k.bootstrap_servers,
+                    error=repr(exc),
+                    retry_in_s=backoff,
+                )
+            else:
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.should_exit.wait(), backoff)
+            backoff = min(backoff * 2, k.retry_backoff_max_s)
+        return False
+
+    async def _start_clients(self) -> None:
+        k = self.kafka
+        admin = clients.admin(k)
+        await admin.start()
+        try:
+            partitions = await ensure_topics(admin, k)
+        finally:
+            await admin.close()
+        self._restore_reader = clients.reader(k)
+        await self._restore_reader.start()
+        self._models_reader = clients.reader(k)
+        await self._models_reader.start()
+        self._models = ModelWatcher(self._models_reader, k.models_topic)
+        self._apply_models(await self._models.start())
+        if not k.exactly_once:
+            self._producer = clients.producer(k)
+            await self._producer.start()
+            self._outbox = Outbox(self._producer, k.retry_backoff_s, k.retry_backoff_max_s)
+        self._consumer = clients.group_consumer(k, self.settings.run.batch_size)
+        self._consumer.subscribe([k.input_topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        log.info("kafka_connected", bootstrap_servers=k.bootstrap_servers, partitions=partitions)
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaError):
+                await self._consumer.stop()  # leaves the group (static members do not)
+            self._consumer = None
+        for producer in [self._producer, *self._txn.values()]:
+            if producer is not None:
+                with contextlib.suppress(KafkaError):
+                    await producer.stop()
+        self._producer, self._txn, self._outbox = None, {}, None
+        for reader in (self._restore_reader, self._models_reader):
+            if reader is not None:
+                with contextlib.suppress(KafkaError):
+                    await reader.stop()
+        self._restore_reader = self._models_reader = None
+        for sink in (self._line_sink, self._dead_sink):
+            if sink is not None:
+                sink.close()
+        self._line_sink = self._dead_sink = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def _started(self, client: Client | None) -> Client:
+        if client is None:
+            raise RuntimeError("Kafka clients used before _start_clients or after _close")
+        return client
+
+    async def _loop(self) -> None:
+        consumer = self._started(self._consumer)
+        state = self.settings.state
+        last_checkpoint = last_evict = last_models = time.monotonic()
+        while not self.should_exit.is_set():
+            batches = await consumer.getmany(
+                timeout_ms=_POLL_MS, max_records=self.settings.run.batch_size
+            )
+            async with self._lock:
+                now = time.time()
+                for tp, records in batches.items():
+                    if tp.partition in self.owned and records:
+                        await self._process(tp.partition, records, now)
+                mono = time.monotonic()
+                if mono - last_evict >= _EVICT_EVERY_S:
+                    self.pipeline.evict_idle(now)  # tombstones go out with the next checkpoint
+                    last_evict = mono
+                if not self.kafka.exactly_once and mono - last_checkpoint >= state.interval_s:
+                    await self._checkpoint(self.owned)
+                    last_checkpoint = mono
+                if mono - last_models >= _MODELS_EVERY_S and self._models is not None:
+                    self._apply_models(await self._models.poll())
+                    last_models = mono
+
+    async def _process(self, partition: int, records: Sequence[Any], now: float) -> None:
+        payloads = [r.value if r.value is not None else b"" for r in records]
+        offsets = [r.offset for r in records]
+        if self.kafka.exactly_once:
+            await self._process_transaction(partition, payloads, offsets, now)
+            return
+        outbox = self._started(self._outbox)
+        out = self.pipeline.process(payloads, now, partition=partition, offsets=offsets)
+        await self._emit(outbox, partition, out, offsets)
+        self._next_offset[partition] = offsets[-1] + 1
+
+    async def _emit(
+        self, outbox: Outbox, partition: int, out: BatchOutput, offsets: Sequence[int]
+    ) -> None:
+        k = self.kafka
+        if self._line_sink is not None:
+            self._line_sink.write(out.alerts)
+        else:
+            for alert in out.alerts:
+                await outbox.send(k.alerts_topic, orjson.dumps(alert), key=alert["stream"].encode())
+        if self._dead_sink is not None:
+            for letter in out.dead_letters:
+                self._dead_sink.write([letter], offsets[letter.index])
+        else:
+            for letter in out.dead_letters:
+                await outbox.send(
+                    k.dead_letter_topic,
+                    letter.payload,
+                    headers=[
+                        ("detector-error", "; ".join(letter.reasons).encode()),
+                        ("detector-source-topic", k.input_topic.encode()),
+                        ("detector-source-partition", str(partition).encode()),
+                        ("detector-source-offset", str(offsets[letter.index]).encode()),
+                        ("detector-instance", self.instance.encode()),
+                    ],
+                )
+
+    async def _send_states(self, outbox: Outbox, partitions: Iterable[int]) -> int:
+        n = 0
+        for p in partitions:
+            for group, stream, state in self.pipeline.changed_streams(p):
+                await outbox.send(
+                    self.kafka.changelog, state, key=changelog_key(group, stream), partition=p
+                )
+                n += 1
+        return n
+
+    async def _checkpoint(self, partitions: Iterable[int], final: bool = False) -> None:
+        """States out, everything acknowledged, then offsets committed (in that order)."""
+        partitions = set(partitions)
+        if self.kafka.exactly_once or self._outbox is None or self._consumer is None:
+            return  # exactly-once commits every batch in its transaction
+        started = time.monotonic()
+        states = await self._send_states(self._outbox, sorted(partitions))
+        if self._line_sink is not None:
+            await asyncio.to_thread(self._line_sink.flush)
+        if self._dead_sink is not None:
+            await asyncio.to_thread(self._dead_sink.flush)
+        await self._outbox.settle()
+        offsets = {
+            TopicPartition(self.kafka.input_topic, p): self._next_offset[p]
+            for p in partitions
+            if p in self._next_offset and self._next_offset[p] != self._committed.get(p)
+        }
+        if offsets:
+            try:
+                await self._consumer.commit(offsets)
+            except (CommitFailedError, KafkaError) as exc:
+                # Not fatal: the range is replayed later and skipped by the stored offsets.
+                log.warning("commit_failed", error=repr(exc), partitions=sorted(partitions))
+                return
+            for tp, offset in offsets.items():
+                self._committed[tp.partition] = offset
+        self.checkpoints += 1
+        log.log(
+            logging.INFO if states or offsets or final else logging.DEBUG,
+            "checkpoint_saved" if not final else "final_checkpoint_saved",
+            partitions=sorted(partitions),
+            states=states,
+            committed={tp.partition: o for tp, o in offsets.items()},
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    # ------------------------------------------------------------------ exactly-once
+
+    async def _process_transaction(
+        self, partition: int, payloads: list[bytes], offsets: list[int], now: float
+    ) -> None:
+        producer = self._txn[partition]
+        outbox = Outbox(producer, self.kafka.retry_backoff_s, self.kafka.retry_backoff_max_s)
+        tp = TopicPartition(self.kafka.input_topic, partition)
+        try:
+            await producer.begin_transaction()
+            out = self.pipeline.process(payloads, now, partition=partition, offsets=offsets)
+            await self._emit(outbox, partition, out, offsets)
+            await self._send_states(outbox, [partition])
+            await producer.send_offsets_to_transaction({tp: offsets[-1] + 1}, self.kafka.group_id)
+            await producer.commit_transaction()
+        except KafkaError as exc:
+            log.error("transaction_aborted", partition=partition, error=repr(exc))
+            with contextlib.suppress(KafkaError):
+                await producer.abort_transaction()
+            await self._rewind(partition)
+            return
+        self._next_offset[partition] = self._committed[partition] = offsets[-1] + 1
+
+    async def _rewind(self, partition: int) -> None:
+        """After an aborted transaction: state and position back to the last commit."""
+        consumer = self._started(self._consumer)
+        self.pipeline.drop_partition(partition)
+        await self._restore([partition])
+        tp = TopicPartition(self.kafka.input_topic, partition)
+        committed = await consumer.committed(tp)
+        if committed is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, committed)
+
+    # ------------------------------------------------------------------ rebalance
+
+    async def on_revoked(self, revoked: set[int]) -> None:
+        async with self._lock:
+            mine = revoked & self.owned
+            self.ready = False
+            await self._checkpoint(mine)
+            self.owned -= mine
+            self._limbo |= mine
+            for p in mine:
+                producer = self._txn.pop(p, None)
+                if producer is not None:
+                    with contextlib.suppress(KafkaError):
+                        await producer.stop()
+            log.info("partitions_revoked", partitions=sorted(mine))
+
+    async def on_assigned(self, assigned: set[int]) -> None:
+        async with self._lock:
+            # State kept over a revoke is still exact when the partition comes straight back:
+            # no other member can have consumed it between our revoke and this assignment.
+            kept = self._limbo & assigned
+            for p in self._limbo - assigned:
+                self.pipeline.drop_partition(p)
+                self._next_offset.pop(p, None)
+                self._committed.pop(p, None)
+            self._limbo = set()
+            fresh = assigned - kept - self.owned
+            await self._restore(sorted(fresh))
+            if self.kafka.exactly_once:
+                for p in sorted(assigned):
+                    if p not in self._txn:
+                        self._txn[p] = await self._transactional_producer(p)
+            self.owned |= assigned
+            self.ready = True
+            log.info(
+                "partitions_assigned",
+                partitions=sorted(assigned),
+                restored=sorted(fresh),
+                kept=sorted(kept),
+                streams=self.pipeline.streams(),
+            )
+
+    async def _transactional_producer(self, partition: int) -> AIOKafkaProducer:
+        k = self.kafka
+        # One id per input partition: whoever owns the partition next fences this producer.
+        producer = clients.producer(k, f"{k.transactional_id_prefix}-{k.input_topic}-{partition}")
+        await producer.start()
+        return producer
+
+    async def _restore(self, partitions: Sequence[int]) -> None:
+        if not partitions:
+            return
+        started = time.monotonic()
+        latest = await read_partitions(
+            self._started(self._restore_reader),
+            self.kafka.changelog,
+            partitions,
+            _RESTORE_TIMEOUT_S,
+        )
+        now = time.time()
+        for p, records in latest.items():
+            saved = {}
+            for key, value in records.items():
+                split = split_key(key)
+                if split is not None:
+                    saved[split] = value
+            restored, refused = self.pipeline.restore_streams(p, saved, now)
+            log.info(
+                "partition_restored",
+                partition=p,
+                streams=restored,
+                refused=refused,
+                seconds=round(time.monotonic() - started, 3),
+            )
+
+    # ------------------------------------------------------------------ models
+
+    def _apply_models(self, models: Iterable[PublishedModel]) -> None:
+        by_name = {g.name: g for g in self.pipeline.groups}
+        for model in models:
+            group = by_name.get(model.group)
+            if group is None or group.version == model.version:
+                continue
+            try:
+                group.swap_model(model.params, model.version)
+            except ValueError as exc:
+                log.error(
+                    "model_incompatible", group=model.group, version=model.version, error=str(exc)
+                )
+                continue
+            log.info("model_swapped", group=model.group, version=model.version)

@@ -1,0 +1,109 @@
+"""The alert layer's view of the scores, against a production-like simulation at each θ."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.config import ScoringSettings
+from detector.evaluate.alert_view import alert_view
+from detector.evaluate.replay import NOT_SCORED
+from detector.stream.scoring import DROPPED, NO_PREDICTION, SCORED
+
+
+def view(scores: list[float], statuses: list[int] | None = None, **kw: int) -> list[float]:
+    cfg = {"warmup": 0, "cooldown": 0, **kw}
+    if statuses is None:
+        statuses = [NO_PREDICTION] + [SCORED] * (len(scores) - 1)
+    out = alert_view(np.array(scores), np.array(statuses, np.int8), ScoringSettings(**cfg))
+    return out.tolist()
+
+
+def alerts_at(
+    theta: float, scores: list[float], warmup: int, k: int, n: int, cooldown: int
+) -> list[bool]:
+    """The kernel's alert decision (step 5) at threshold θ, for one stream from its start."""
+    alerts, hist, cool, seen = [], 0, 0, 0
+    for i, s in enumerate(scores):
+        if i == 0:  # the first point has no prediction
+            alerts.append(False)
+            seen = 1
+            continue
+        warm = seen >= warmup
+        seen += 1
+        exceeds = s >= theta
+        hist = ((hist << 1) | exceeds) & ((1 << n) - 1)
+        if cool > 0:
+            cool -= 1
+            alerts.append(False)
+        elif warm and exceeds and bin(hist).count("1") >= k:
+            alerts.append(True)
+            cool = cooldown
+        else:
+            alerts.append(False)
+    return alerts
+
+
+def test_plain_settings_pass_scored_rows_through_and_zero_the_others() -> None:
+    statuses = [NO_PREDICTION, SCORED, DROPPED, SCORED, NOT_SCORED, SCORED]
+    scores = [0.0, 0.3, 0.0, 0.9, 0.0, 0.2]
+    assert view(scores, statuses, hysteresis_k=1, hysteresis_n=1) == scores
+
+
+def test_warm_up_restarts_with_the_stream() -> None:
+    statuses = [NO_PREDICTION] + [SCORED] * 4 + [NO_PREDICTION] + [SCORED] * 4
+    scores = [0.0, 0.5, 0.6, 0.7, 0.8] * 2
+    # warmup 3: the stream may alert from its 4th point (seen = 3) on.
+    assert view(scores, statuses, warmup=3) == [0, 0, 0, 0.7, 0.8, 0, 0, 0, 0.7, 0.8]
+
+
+def test_cooldown_drops_lower_rows_after_a_kept_one_and_keeps_higher_ones() -> None:
+    scores = [0.0, 0.9, 0.8, 0.95, 0.5, 0.3, 0.2, 0.6]
+    # cooldown 3: 0.8 is blocked by 0.9; 0.95 beats it; 0.5, 0.3 and 0.2 are blocked by
+    # 0.95; 0.6 comes 4 rows after it.
+    assert view(scores, cooldown=3) == [0, 0.9, 0, 0.95, 0, 0, 0, 0.6]
+
+
+def test_hysteresis_takes_the_kth_largest_of_the_last_n() -> None:
+    scores = [0.0, 0.9, 0.1, 0.8, 0.7, 0.05]
+    assert view(scores, hysteresis_k=2, hysteresis_n=3) == [0, 0, 0.1, 0.8, 0.7, 0.05]
+
+
+_score = st.sampled_from([0.0, 0.2, 0.5, 0.7, 1.0]) | st.floats(0.0, 1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scores=st.lists(_score, min_size=1, max_size=40),
+    kn=st.integers(1, 4).flatmap(lambda n: st.tuples(st.integers(1, n), st.just(n))),
+    warmup=st.integers(0, 5),
+)
+def test_without_cooldown_the_view_equals_the_alerts_at_every_threshold(
+    scores: list[float], kn: tuple[int, int], warmup: int
+) -> None:
+    scores[0] = 0.0  # the first point is never scored
+    k, n = kn
+    v = np.array(view(scores, warmup=warmup, hysteresis_k=k, hysteresis_n=n))
+    for theta in {s for s in scores if s > 0}:
+        expected = alerts_at(theta, scores, warmup, k, n, cooldown=0)
+        assert (v >= theta).tolist() == expected, theta
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scores=st.lists(_score, min_size=1, max_size=40),
+    kn=st.integers(1, 3).flatmap(lambda n: st.tuples(st.integers(1, n), st.just(n))),
+    cooldown=st.integers(0, 6),
+)
+def test_with_cooldown_the_first_alert_at_every_threshold_is_the_same_row(
+    scores: list[float], kn: tuple[int, int], cooldown: int
+) -> None:
+    scores[0] = 0.0
+    k, n = kn
+    v = np.array(view(scores, cooldown=cooldown, hysteresis_k=k, hysteresis_n=n))
+    for theta in {s for s in scores if s > 0}:
+        expected = alerts_at(theta, scores, 0, k, n, cooldown)
+        first = expected.index(True) if any(expected) else None
+        detected = np.flatnonzero(v >= theta)
+        assert (int(detected[0]) if detected.size else None) == first, theta
