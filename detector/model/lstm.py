@@ -216,10 +216,57 @@ def _tanh_impl(x):  # type: ignore[no-untyped-def]  # pragma: no cover
     return tanh_exact
 
 
+@intrinsic
+def _f32_bits(typingctx, x):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The bits of a float32 as an int32 (a bitcast; vectorises)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(x), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, i):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """The float32 with the low 32 bits of integer i as its bits."""
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        v = args[0]
+        if i.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(i), codegen
+
+
+# exp(r) on |r| <= ln(2)/2: degree-5 Chebyshev interpolant, relative error 1.0e-7.
+_EXP_POLY = (
+    1.0000000754548972,
+    1.000000010771568,
+    0.49998869378306193,
+    0.1666650526041718,
+    0.04191750724932903,
+    0.008369148490146382,
+)
+_LOG2E = 1.4426950408889634
+_LN2 = 0.6931471805599453
+_ROUND = 12582912.0  # 1.5 * 2**23: adding it rounds a float32 below 2**22 to an integer
+
+
 def neg_exp(x: float) -> float:
     """exp(-x) with x clamped to +-18 (float32) or +-40 (float64): where sigmoid(x) is
     within the type's precision of 0 or 1, so products of such terms stay finite. The
-    streaming step builds its gates from these (see _cell_update_rows)."""
+    streaming step builds its gates from these (see _cell_update_rows).
+
+    float32: exp(y) = 2**n exp(r) with n = round(y / ln 2), r = y - n ln 2, exp(r) by
+    _EXP_POLY, and 2**n added into the exponent bits: 12 vector operations, where the
+    training kernels' _exp_f32 takes 17 (this pass is bound by them), and a relative error
+    of 2e-7 (_exp_f32: 4e-6). float64: libm.
+    """
     limit = 40.0
     return math.exp(-min(max(x, -limit), limit))
 
@@ -227,11 +274,18 @@ def neg_exp(x: float) -> float:
 @overload(neg_exp, jit_options=_ACT_OPTIONS)
 def _neg_exp_impl(x):  # type: ignore[no-untyped-def]  # pragma: no cover
     if x == types.float32:
+        f = np.float32
+        c0, c1, c2, c3, c4, c5 = (f(c) for c in _EXP_POLY)
+        log2e, ln2, rnd = f(-_LOG2E), f(_LN2), f(_ROUND)
 
         def neg_exp_f32(x):  # type: ignore[no-untyped-def]
-            x = x if x > np.float32(-18.0) else np.float32(-18.0)
-            x = x if x < np.float32(18.0) else np.float32(18.0)
-            return _exp_f32(-x)
+            x = x if x > f(-18.0) else f(-18.0)
+            x = x if x < f(18.0) else f(18.0)
+            t = x * log2e + rnd  # n = round(-x / ln 2) sits in t's low mantissa bits
+            n = t - rnd
+            r = n * -ln2 - x  # -x - n ln 2
+            p = ((((c5 * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+            return _bits_f32(_f32_bits(p) + (_f32_bits(t) << 23))
 
         return neg_exp_f32
 
@@ -601,22 +655,22 @@ def step_scratch(S: int, shape: ModelShape, like):  # type: ignore[no-untyped-de
 
 
 @njit(**_KERNEL)
-def _matmul_rows(a, rows, b, c):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """c[i] = a[rows[i]] @ b: _matmul on rows of a table picked by index, so that the step
-    reads each stream's h where it lies instead of copying it out first. a (N, K) (any
-    strides), rows (M,), b (K, N_out) and c (M, N_out) C-contiguous."""
+def _matmul_rows(table, rows, col, b, c):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """c[i] = table[rows[i], col : col + K] @ b: _matmul on rows of a table picked by
+    index, so that the step reads each stream's h where it lies instead of copying it out
+    first. table (N, ...), b (K, N_out) and c (M, N_out) C-contiguous; rows (M,)."""
     M = rows.shape[0]
-    K = a.shape[1]
+    K = b.shape[0]
     N = b.shape[1]
     acc = _tile_buffer(_TILE, c)
     a_k = _tile_buffer(_TILE_ROWS, c)
     M_full = M - M % _TILE_ROWS
     N_full = N - N % _TILE_COLS
     for i0 in range(0, M_full, _TILE_ROWS):
-        r0 = a[rows[i0]]
-        r1 = a[rows[i0 + 1]]
-        r2 = a[rows[i0 + 2]]
-        r3 = a[rows[i0 + 3]]
+        r0 = table[rows[i0], col : col + K]
+        r1 = table[rows[i0 + 1], col : col + K]
+        r2 = table[rows[i0 + 2], col : col + K]
+        r3 = table[rows[i0 + 3], col : col + K]
         for j0 in range(0, N_full, _TILE_COLS):
             for q in range(_TILE):
                 acc[q] = 0.0
@@ -640,7 +694,7 @@ def _matmul_rows(a, rows, b, c):  # type: ignore[no-untyped-def]  # pragma: no c
         for k in range(K):
             b_k = b[k, N_full:]
             for i in range(M_full):
-                a_ik = a[rows[i], k]
+                a_ik = table[rows[i], col + k]
                 c_i = c[i, N_full:]
                 for j in range(N - N_full):
                     c_i[j] += a_ik * b_k[j]
@@ -649,10 +703,70 @@ def _matmul_rows(a, rows, b, c):  # type: ignore[no-untyped-def]  # pragma: no c
         for k in range(K):
             b_k = b[k]
             for i in range(M_full, M):
-                a_ik = a[rows[i], k]
+                a_ik = table[rows[i], col + k]
                 c_i = c[i]
                 for j in range(N):
                     c_i[j] += a_ik * b_k[j]
+
+
+@njit(**_KERNEL)
+def _gates_rows(table, rows, col, U, x, W, bias, c):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """c[i] = bias + x[i] @ W + h_i @ U with h_i = table[rows[i], col : col + H]: the
+    pre-activations of a layer with a narrow input (x (M, D), D <= _FOLD_INPUT_MAX), in
+    _matmul's register tiles, which start from bias + x W instead of zero (a separate pass
+    over c cost a fifth as much as the product). table (N, ...) C-contiguous rows (so each
+    h_i is a unit-stride view: strided views spilled the row addresses to the stack);
+    U (H, 4H), W (D, 4H), c (M, 4H) C-contiguous."""
+    M = rows.shape[0]
+    K = U.shape[0]
+    N = U.shape[1]
+    D = x.shape[1]
+    acc = _tile_buffer(_TILE, c)
+    a_k = _tile_buffer(_TILE_ROWS, c)
+    M_full = M - M % _TILE_ROWS
+    N_full = N - N % _TILE_COLS
+    for i0 in range(0, M_full, _TILE_ROWS):
+        r0 = table[rows[i0], col : col + K]
+        r1 = table[rows[i0 + 1], col : col + K]
+        r2 = table[rows[i0 + 2], col : col + K]
+        r3 = table[rows[i0 + 3], col : col + K]
+        for j0 in range(0, N_full, _TILE_COLS):
+            b_j = bias[j0 : j0 + _TILE_COLS]
+            for r in range(_TILE_ROWS):
+                for jj in range(_TILE_COLS):
+                    acc[r * _TILE_COLS + jj] = b_j[jj]
+            for d in range(D):
+                w_d = W[d, j0 : j0 + _TILE_COLS]
+                for r in range(_TILE_ROWS):
+                    a_k[r] = x[i0 + r, d]
+                for jj in range(_TILE_COLS):
+                    for r in range(_TILE_ROWS):
+                        acc[r * _TILE_COLS + jj] += a_k[r] * w_d[jj]
+            for k in range(K):
+                u_k = U[k, j0 : j0 + _TILE_COLS]
+                a_k[0] = r0[k]
+                a_k[1] = r1[k]
+                a_k[2] = r2[k]
+                a_k[3] = r3[k]
+                for jj in range(_TILE_COLS):
+                    for r in range(_TILE_ROWS):
+                        acc[r * _TILE_COLS + jj] += a_k[r] * u_k[jj]
+            for r in range(_TILE_ROWS):
+                c_r = c[i0 + r, j0 : j0 + _TILE_COLS]
+                for jj in range(_TILE_COLS):
+                    c_r[jj] = acc[r * _TILE_COLS + jj]
+    # Edges (none at H = 32 with whole tiles of rows): plain loops, same order of sums.
+    for i in range(M):
+        j_start = N_full if i < M_full else 0
+        c_i = c[i]
+        h_i = table[rows[i], col : col + K]
+        for j in range(j_start, N):
+            v = bias[j]
+            for d in range(D):
+                v += x[i, d] * W[d, j]
+            for k in range(K):
+                v += h_i[k] * U[k, j]
+            c_i[j] = v
 
 
 @njit(**_KERNEL)
@@ -713,14 +827,16 @@ def lstm_step_rows(x, rows, hc, theta, shape: ModelShape, gates, tmp, q, h_out, 
     the layer above reads the new h from h_out.
     """
     S = x.shape[0]
+    H = shape.hidden
+    flat = hc.reshape((hc.shape[0], shape.layers * 2 * H))  # row s: h_0, c_0, h_1, c_1, ...
     x_l = x
     for l in range(shape.layers):
         W, U, b = layer_views(theta, shape, l)
         pre = gates[:S]
-        _matmul_rows(hc[:, l, 0], rows, U, pre)
         if W.shape[0] <= _FOLD_INPUT_MAX:
-            _add_bias_input(pre, b, x_l, W)
+            _gates_rows(flat, rows, 2 * H * l, U, x_l, W, b, pre)
         else:
+            _matmul_rows(flat, rows, 2 * H * l, U, pre)
             xw = tmp[:S]
             _matmul(x_l, W, xw)
             _add_bias_projection(pre, b, xw)

@@ -40,9 +40,12 @@ from detector.errors import ConfigError
 from detector.io.files import DeadLetterSink, LineSink
 from detector.kafka import clients
 from detector.kafka.changelog import changelog_key, read_partitions, split_key
-from detector.kafka.models import ModelWatcher, PublishedModel
+from detector.kafka.models import ModelWatcher, PublishedModel, publish_model
 from detector.kafka.outbox import Outbox
 from detector.kafka.topics import ensure_topics
+from detector.model.modelfile import ModelMetadata
+from detector.retrain.scheduler import Retrainer, RetrainResult, feature_names
+from detector.service.ops import Operations
 from detector.stream.pipeline import BatchOutput, Pipeline
 
 log = structlog.get_logger(__name__)
@@ -77,6 +80,10 @@ class KafkaRunner:
         self.kafka = k
         self.instance = run.instance or socket.gethostname()
         self.pipeline = Pipeline(settings, self.instance)
+        self.ops = Operations(settings, self.pipeline)
+        # Models are shared through the models topic: the instance that owns input partition
+        # 0 retrains (from its own partitions' streams) and publishes; every instance swaps.
+        self.retrainer = Retrainer(self.pipeline, settings)
         self.should_exit = asyncio.Event()
         self._signals = 0
         # Serialises batches, checkpoints and the rebalance callbacks, which aiokafka runs in
@@ -115,8 +122,10 @@ class KafkaRunner:
         for sig in handled:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
-            await self._run()
+            async with self.ops:
+                await self._run()
         finally:
+            self.retrainer.close()
             for sig in handled:
                 loop.remove_signal_handler(sig)
 
@@ -134,6 +143,7 @@ class KafkaRunner:
         )
         try:
             await self._loop()
+            self.ops.stopping()
             try:
                 async with asyncio.timeout(self.settings.state.grace_s):
                     async with self._lock:
@@ -189,9 +199,10 @@ class KafkaRunner:
         await self._models_reader.start()
         self._models = ModelWatcher(self._models_reader, k.models_topic)
         self._apply_models(await self._models.start())
+        # Alerts, dead letters and states (at-least-once); models in every mode.
+        self._producer = clients.producer(k)
+        await self._producer.start()
         if not k.exactly_once:
-            self._producer = clients.producer(k)
-            await self._producer.start()
             self._outbox = Outbox(self._producer, k.retry_backoff_s, k.retry_backoff_max_s)
         self._consumer = clients.group_consumer(k, self.settings.run.batch_size)
         self._consumer.subscribe([k.input_topic], listener=_Rebalance(self))
@@ -234,10 +245,14 @@ class KafkaRunner:
                 timeout_ms=_POLL_MS, max_records=self.settings.run.batch_size
             )
             async with self._lock:
+                started = time.perf_counter()
                 now = time.time()
                 for tp, records in batches.items():
                     if tp.partition in self.owned and records:
                         await self._process(tp.partition, records, now)
+                self.ops.batch_done(started)
+                self._export_lag(consumer)
+                await self._retrain(now)
                 mono = time.monotonic()
                 if mono - last_evict >= _EVICT_EVERY_S:
                     self.pipeline.evict_idle(now)  # tombstones go out with the next checkpoint
@@ -257,6 +272,7 @@ class KafkaRunner:
             return
         outbox = self._started(self._outbox)
         out = self.pipeline.process(payloads, now, partition=partition, offsets=offsets)
+        self.ops.metrics.count_alerts(out.alerts)
         await self._emit(outbox, partition, out, offsets)
         self._next_offset[partition] = offsets[-1] + 1
 
@@ -308,6 +324,7 @@ class KafkaRunner:
         if self._dead_sink is not None:
             await asyncio.to_thread(self._dead_sink.flush)
         await self._outbox.settle()
+        self.ops.checkpoint_done(time.monotonic() - started)
         offsets = {
             TopicPartition(self.kafka.input_topic, p): self._next_offset[p]
             for p in partitions
@@ -319,6 +336,7 @@ class KafkaRunner:
             except (CommitFailedError, KafkaError) as exc:
                 # Not fatal: the range is replayed later and skipped by the stored offsets.
                 log.warning("commit_failed", error=repr(exc), partitions=sorted(partitions))
+                self.ops.checkpoint_failed()
                 return
             for tp, offset in offsets.items():
                 self._committed[tp.partition] = offset
@@ -343,6 +361,7 @@ class KafkaRunner:
         try:
             await producer.begin_transaction()
             out = self.pipeline.process(payloads, now, partition=partition, offsets=offsets)
+            self.ops.metrics.count_alerts(out.alerts)
             await self._emit(outbox, partition, out, offsets)
             await self._send_states(outbox, [partition])
             await producer.send_offsets_to_transaction({tp: offsets[-1] + 1}, self.kafka.group_id)
@@ -373,6 +392,9 @@ class KafkaRunner:
         async with self._lock:
             mine = revoked & self.owned
             self.ready = False
+            self.ops.ready(False, "rebalancing: partitions revoked")
+            for p in mine:
+                self.ops.metrics.forget_partition(p)
             await self._checkpoint(mine)
             self.owned -= mine
             self._limbo |= mine
@@ -401,6 +423,7 @@ class KafkaRunner:
                         self._txn[p] = await self._transactional_producer(p)
             self.owned |= assigned
             self.ready = True
+            self.ops.ready(True)
             log.info(
                 "partitions_assigned",
                 partitions=sorted(assigned),
@@ -451,10 +474,47 @@ class KafkaRunner:
             if group is None or group.version == model.version:
                 continue
             try:
-                group.swap_model(model.params, model.version)
+                # Also re-derives every stream's h, c and prediction under the new weights.
+                self.retrainer.swap(group, model.params, model.version)
             except ValueError as exc:
                 log.error(
                     "model_incompatible", group=model.group, version=model.version, error=str(exc)
                 )
-                continue
-            log.info("model_swapped", group=model.group, version=model.version)
+        self.ops.refresh_gauges()
+
+    async def _retrain(self, now: float) -> None:
+        """The owner of partition 0 retrains; accepted models go out on the models topic."""
+        if 0 in self.owned:
+            await self.retrainer.maybe_start(now)
+        results = self.retrainer.apply_finished()
+        self.ops.retrained(results)
+        for r in results:
+            log.info("retraining_finished", **r.as_dict())
+            if r.result == "accepted":
+                await self._publish(r)
+
+    async def _publish(self, result: RetrainResult) -> None:
+        group = next(g for g in self.pipeline.groups if g.name == result.group)
+        metadata = ModelMetadata(
+            feature_names=feature_names(group),
+            normalization={"method": "stream_ewm"},
+            training={"parent": result.parent, "result": result.as_dict()},
+        )
+        try:
+            await publish_model(
+                self._started(self._producer),
+                self.kafka.models_topic,
+                group.name,
+                group.params,
+                metadata,
+            )
+        except KafkaError as exc:  # the model stays in use here; others keep theirs
+            log.error("model_publish_failed", group=group.name, error=repr(exc))
+
+    def _export_lag(self, consumer: AIOKafkaConsumer) -> None:
+        for p in self.owned:
+            tp = TopicPartition(self.kafka.input_topic, p)
+            high = consumer.highwater(tp)
+            position = self._next_offset.get(p)
+            if high is not None and position is not None:
+                self.ops.metrics.set_lag(p, max(high - position, 0))

@@ -21,11 +21,15 @@ from detector.config import Settings
 from detector.errors import InputFileError, StateFormatError
 from detector.io.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from detector.io.files import DeadLetterSink, FileSource, LineSink, StdinSource
+from detector.retrain.registry import ModelRegistry, models_dir
+from detector.retrain.scheduler import Retrainer
+from detector.service.ops import Operations
 from detector.stream.pipeline import Counters, Pipeline
 
 log = structlog.get_logger(__name__)
 
 _EVICT_EVERY_S = 60.0
+_REGISTRY_EVERY_S = 5.0
 _PARTITION = 0  # embedded mode has one partition
 
 
@@ -42,6 +46,10 @@ class Runner:
         self.follow = follow
         self.instance = settings.run.instance or socket.gethostname()
         self.pipeline = Pipeline(settings, self.instance)
+        self.ops = Operations(settings, self.pipeline)
+        directory = models_dir(settings)
+        self.registry = ModelRegistry(directory) if directory is not None else None
+        self.retrainer = Retrainer(self.pipeline, settings, self.registry)
         self.should_exit = asyncio.Event()
         self._signals = 0
 
@@ -58,8 +66,10 @@ class Runner:
         for sig in handled:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
-            return await self._run()
+            async with self.ops:
+                return await self._run()
         finally:
+            self.retrainer.close()
             for sig in handled:
                 loop.remove_signal_handler(sig)
 
@@ -100,7 +110,11 @@ class Runner:
             raise InputFileError(f"cannot read the source {spec}: {exc.strerror}") from None
 
     async def _checkpoint(
-        self, source: FileSource | StdinSource, sink: LineSink, dead: DeadLetterSink
+        self,
+        source: FileSource | StdinSource,
+        sink: LineSink,
+        dead: DeadLetterSink,
+        final: bool = False,
     ) -> None:
         # fsyncs block for milliseconds or more: off the event loop. The snapshot is taken on
         # the loop, between batches, so no batch can change the state while it is written.
@@ -108,8 +122,30 @@ class Runner:
         await asyncio.to_thread(dead.flush)
         state_dir = self.settings.state.dir
         if state_dir:
+            started = time.perf_counter()
             saved = Checkpoint(source.name, source.position(), self.pipeline.snapshot(_PARTITION))
-            await asyncio.to_thread(save_checkpoint, state_dir, saved)
+            try:
+                await asyncio.to_thread(save_checkpoint, state_dir, saved)
+            except OSError:
+                self.ops.checkpoint_failed()
+                raise
+            seconds = time.perf_counter() - started
+            self.ops.checkpoint_done(seconds)
+            log.info(
+                "final_checkpoint_saved" if final else "checkpoint_saved",
+                dir=state_dir,
+                streams=self.pipeline.streams(),
+                position=saved.position,
+                seconds=round(seconds, 3),
+            )
+
+    async def _retrain(self) -> None:
+        """Start due runs in the thread pool; swap in finished ones (between batches)."""
+        await self.retrainer.maybe_start(time.time())
+        results = self.retrainer.apply_finished()
+        for r in results:
+            log.info("retraining_finished", **r.as_dict())
+        self.ops.retrained(results)
 
     async def _run(self) -> RunSummary:
         run = self.settings.run
@@ -123,6 +159,8 @@ class Runner:
                 streams=self.pipeline.streams(),
                 position=source.position(),
             )
+        for group, version in self.retrainer.load_registry_models():
+            log.info("model_loaded", group=group, version=version, registry=str(self.registry))
         sink = LineSink(run.sink)
         dead = DeadLetterSink(run.dead_letter, source.name)
         log.info(
@@ -133,12 +171,15 @@ class Runner:
             groups=[g.name for g in self.pipeline.groups],
             instance=self.instance,
         )
-        last_checkpoint = last_evict = time.monotonic()
+        last_checkpoint = last_evict = last_registry = time.monotonic()
+        self.ops.ready(True)
         try:
             while not self.should_exit.is_set():
                 read = asyncio.ensure_future(source.read_batch(run.batch_size))
                 stop = asyncio.ensure_future(self.should_exit.wait())
-                await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
+                while not (read.done() or stop.done()):
+                    await asyncio.wait({read, stop}, timeout=1.0, return_when="FIRST_COMPLETED")
+                    self.ops.health.progressed()  # waiting for input is not a stall
                 stop.cancel()
                 if not read.done():
                     read.cancel()
@@ -146,17 +187,24 @@ class Runner:
                 batch = read.result()
                 if batch is None:
                     break
+                started = time.perf_counter()
                 out = self.pipeline.process(batch, now=time.time(), partition=_PARTITION)
                 sink.write(out.alerts)
                 dead.write(out.dead_letters, source.position())
+                self.ops.batch_done(started, out)
+                await self._retrain()
                 mono = time.monotonic()
+                if mono - last_registry >= _REGISTRY_EVERY_S:
+                    self.retrainer.apply_registry_changes()  # `detector model rollback`
+                    last_registry = mono
                 if mono - last_evict >= _EVICT_EVERY_S:
                     self.pipeline.evict_idle(time.time())
                     last_evict = mono
                 if mono - last_checkpoint >= self.settings.state.interval_s:
                     await self._checkpoint(source, sink, dead)
                     last_checkpoint = mono
-            await self._checkpoint(source, sink, dead)
+            self.ops.stopping()
+            await self._checkpoint(source, sink, dead, final=True)
         finally:
             sink.close()
             dead.close()

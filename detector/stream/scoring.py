@@ -353,6 +353,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     n_in = shape.n_inputs
     H, K = shape.hidden, shape.head_hidden
     W = ring.shape[1]
+    w_mask = W - 1 if W & (W - 1) == 0 else -1  # n % W as a mask when W is a power of 2
     E = err_ring.shape[1]
     mode = int(cfg[C_MODE])
     threshold = cfg[C_THRESHOLD]
@@ -439,7 +440,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         prefetch_l2(hc, s_ahead * hc_stride + line * 64)
                 if i + half < hi:
                     s_half = slots[order[i + half]]
-                    pos = rec[s_half].seen % W
+                    seen = rec[s_half].seen
+                    pos = seen & w_mask if w_mask >= 0 else seen % W
                     prefetch_l2(ring, s_half * ring_stride + pos * ring_entry)
                     if flags[s_half] & MARKED:
                         prefetch_l2(marks, s_half * marks_stride + (pos >> 3))
@@ -596,7 +598,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     calendar_features(ts[p], cal)
                     for jj in range(CALENDAR_FEATURES):
                         x_m[D + jj] = cal[jj]
-                pos = n % W
+                pos = n & w_mask if w_mask >= 0 else n % W
                 entry = ring[s, pos]
                 for jj in range(n_in):
                     entry[jj] = x_m[jj]

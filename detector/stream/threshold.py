@@ -31,6 +31,7 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _LOG10_TAIL_FLOOR = -10.0  # tail probabilities at or below 1e-10 score 1
+_LOG_TO_SCORE = 1.0 / (math.log(10.0) * _LOG10_TAIL_FLOOR)  # log10(p) / -10 = log(p) * this
 Z_GRID_START = 2.5
 Z_GRID_STEP = 0.5
 Z_LIMIT = 12.0  # the paper's sd_lim: eps when no candidate qualifies
@@ -42,7 +43,7 @@ def tail_score(z: float) -> float:  # pragma: no cover - jitted
     tail = 0.5 * math.erfc(z * _INV_SQRT2)  # products, not quotients: shorter latency
     if tail <= 1e-10:
         return 1.0
-    score = math.log10(tail) * (1.0 / _LOG10_TAIL_FLOOR)
+    score = math.log(tail) * _LOG_TO_SCORE
     return min(max(score, 0.0), 1.0)
 
 

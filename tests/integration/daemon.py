@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 WAIT_S = 120  # bounds every wait on the daemon: a first start compiles the numba kernels
 
@@ -176,11 +177,14 @@ async def wait_until_consumed(bootstrap: str, topics: Topics, daemons: Sequence[
         tps = await _partitions(bootstrap, topics.input)
         deadline = time.monotonic() + WAIT_S
         while True:
-            end = await consumer.end_offsets(tps)
-            committed = await admin.list_consumer_group_offsets(topics.group)
-            done = all(tp in committed and committed[tp].offset >= end[tp] for tp in tps)
-            if done:
-                return
+            try:
+                end = await consumer.end_offsets(tps)
+                committed = await admin.list_consumer_group_offsets(topics.group)
+            except KafkaError as exc:  # a broker just restarted is still loading its groups
+                committed = {"not yet": repr(exc)}
+            else:
+                if all(tp in committed and committed[tp].offset >= end[tp] for tp in tps):
+                    return
             for d in daemons:
                 if d.proc is not None and d.proc.poll() is not None:
                     raise AssertionError(f"daemon exited ({d.proc.returncode}):\n{d.tail()}")

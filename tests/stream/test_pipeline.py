@@ -150,3 +150,43 @@ def test_snapshot_restore_continues_the_same_streams() -> None:
     second.restore(0, first.snapshot(0), now=0.0)
     got += [x["alert_id"] for x in second.process(msgs[400:], now=0.0).alerts]
     assert got == want and len(want) == 2
+
+
+def test_changelog_restore_then_replay_skips_what_the_state_already_has() -> None:
+    """Kafka mode: the changed streams' states restore into a fresh pipeline; a replay from
+    an older offset skips points at or below each stream's stored offset (counted), and the
+    rest scores exactly as an uninterrupted run."""
+    a, b = steady_with_spike("a", n=300, spike_at=250), steady_with_spike("b", n=300, spike_at=280)
+    messages = [m for pair in zip(a, b, strict=True) for m in pair]
+    offsets = list(range(len(messages)))
+    whole = Pipeline(settings(), instance="t")
+    expected = whole.process(messages, now=0.0, offsets=offsets).alerts
+    assert len(expected) == 2
+
+    first = Pipeline(settings(), instance="t")
+    cut = 420  # state saved after 420 messages, but offsets committed only up to 300
+    first.process(messages[:cut], now=0.0, offsets=offsets[:cut])
+    changed = first.changed_streams(0)
+    assert sorted(s for _, s, _ in changed) == ["a", "b"]
+    assert first.changed_streams(0) == []  # taken: nothing changed since
+    second = Pipeline(settings(), instance="t")
+    restored, refused = second.restore_streams(
+        0, {(g, s): state for g, s, state in changed if state is not None}, now=0.0
+    )
+    assert (restored, refused) == (2, 0)
+    got = second.process(messages[300:], now=0.0, offsets=offsets[300:]).alerts
+    assert second.counters.replayed == cut - 300
+    assert [(x["alert_id"], x["score"]) for x in got] == [
+        (x["alert_id"], x["score"]) for x in expected
+    ]
+    with pytest.raises(ValueError, match="offsets"):
+        second.process(messages[:2], now=0.0, offsets=[1])
+
+
+def test_restore_refuses_states_of_unknown_groups_or_layouts() -> None:
+    pipe = Pipeline(settings(), instance="t")
+    pipe.process(steady_with_spike("a", n=10), now=0.0)
+    ((group, stream, state),) = pipe.changed_streams(0)
+    other = Pipeline(settings(model={"hidden_size": 8}), instance="t")
+    assert other.restore_streams(0, {("nope", "a"): state, (group, stream): state}, 0.0) == (0, 2)
+    assert pipe.drop_partition(0) == 1 and pipe.partitions() == set()
