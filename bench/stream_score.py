@@ -12,11 +12,12 @@ them at one point each, inside warm-up, where the score is not computed). Batche
 ``--batch`` points (default 1024) go to streams drawn uniformly at random (so ~0.5 repeats
 per batch at 1M streams), with timestamps that always increase, so no point is dropped.
 
-    kernel:  score_batch(table, params, config, slots, ts, values, out): the whole per-point
-             path (disorder and gaps, normalisation, error, score, alert, input statistics,
-             ring buffer, one LSTM step per wave, head)
-    lookup:  table.slots(ids, now) for the batch's stream ids (a Python dict); timed apart,
-             with freshly built id strings as a decoder would hand them over
+    kernel:  score_batch(table, params, config, slots, ts, values, out=out): the whole
+             per-point path (disorder and gaps, normalisation, error, score, alert, input
+             statistics, ring buffer and its marks, changed-row flags, one LSTM step per
+             wave, head); no input offsets (score_batch's offsets=None, as in embedded mode)
+    lookup:  table.slots(ids, now) for the batch's stream ids (the table's jitted hash
+             index); timed apart, with freshly built id strings as a decoder hands them over
     torch:   state tensors h, c (N, H) and pred (N, 1); index_select the rows, nn.LSTMCell,
              nn.Linear head (+ x: the residual head), index_copy_ back; inference_mode
     numpy:   the same with fancy indexing, x @ W + h @ U + b, np.exp / np.tanh, float32
@@ -26,8 +27,8 @@ Phases, in this order:
 1. Warm-up on a small table (JIT compilation or cache load; not timed) and a check that
    the kernel's LSTM step is the one NumPy computes (below).
 2. Memory: resident size (VmRSS) before the table is created and after it is filled and
-   touched, per stream; against the table's array bytes per stream and the Python objects
-   that index it (the slot dict, its key strings, the slot ints, the slot -> key list).
+   touched, per stream; against the table's row arrays per stream and its stream index
+   (hash table, key arena, key records) per stream.
 3. The kernel alone with glibc's allocator untouched, before torch is even imported: what
    a Numba-only scoring process pays.
 4. torch is imported (optional); glibc malloc is pinned (fixed mmap and trim thresholds, as
@@ -39,11 +40,13 @@ Phases, in this order:
    alike; each block starts with a few untimed batches.
 6. Batch of 1: the same rotation with one point per call (the per-call overhead).
 7. Where the kernel's time goes (``--no-profile`` skips it): score_kernel called directly
-   (no wrapper checks), lstm_step alone on the table's rows, the wave ordering alone,
-   score_batch and lstm_step on a table of ``--batch`` streams (every batch a permutation
-   of them) that stays in the CPU caches; at batch 1, score_batch against score_kernel;
-   last, score_batch with glibc's initial malloc thresholds (128 KiB, fixed), which shows
-   what the kernel's per-call scratch costs a process whose allocator has not adapted.
+   (no wrapper checks), the LSTM step alone (lstm_step_rows, on the table's rows in place,
+   without the kernel's prefetching), score_batch and the step on a table of ``--batch``
+   streams (every batch a permutation of them) that stays in the CPU caches; at batch 1,
+   score_batch against score_kernel;
+   last, score_batch with glibc's initial malloc thresholds (128 KiB, fixed), which would
+   show what per-call scratch costs a process whose allocator has not adapted (the kernel
+   keeps its scratch on the table, so it should equal score_batch).
 
 torch is optional and NOT a project dependency: without it the other figures are printed
 alone. See bench/README.md for how to get torch in a separate virtualenv.
@@ -456,12 +459,17 @@ class KernelDirectPath(KernelPath):
     def run(self) -> None:
         g, t, o = self.group, self.group.table, self.out
         scratch = scoring.Scratch.of(t, g.params, self.inputs.batch)
+        rec_f, rec_d, rec_q, rec_w, cols = scratch.record_views(t)
         scoring.score_kernel(
             self.inputs.slots[self.i],
             self.ts,
             self.inputs.values[self.i],
             NO_OFFSETS,
-            t.rec,
+            rec_f,
+            rec_d,
+            rec_q,
+            rec_w,
+            cols,
             t.hc,
             t.ring,
             t.marks,
@@ -503,25 +511,6 @@ class StepOnlyPath(TimedPath):
             p.shape,
             *self.scratch,
             self.y,
-        )
-
-
-class WaveOrderPath(TimedPath):
-    """The kernel's grouping of a batch into waves, alone."""
-
-    def __init__(self, name: str, inputs: Inputs) -> None:
-        super().__init__(name, inputs)
-        B = inputs.batch
-        size = 1 << (2 * B - 1).bit_length()
-        self.order = np.empty(B, np.int64)
-        self.starts = np.empty(B + 1, np.int64)
-        self.rank = np.empty(B, np.int64)
-        self.keys = np.empty(size, np.int64)
-        self.counts = np.empty(size, np.int64)
-
-    def run(self) -> None:
-        scoring._wave_order(
-            self.inputs.slots[self.i], self.order, self.starts, self.rank, self.keys, self.counts
         )
 
 
@@ -848,7 +837,6 @@ def main(argv: list[str] | None = None) -> int:
             KernelPath("score_batch", inputs, group),
             KernelDirectPath("score_kernel (no checks)", inputs, group),
             StepOnlyPath("lstm_step only", distinct, group),
-            WaveOrderPath("_wave_order only", inputs),
             KernelPath(f"score_batch, {B} streams", hot_inputs, hot),
             StepOnlyPath(f"lstm_step only, {B} streams", hot_inputs, hot),
         ]
@@ -884,20 +872,20 @@ def main(argv: list[str] | None = None) -> int:
     print_table(list(s1.items()))
     if prof:
         sp = {name: t.stats() for name, t in prof.items()}
-        print(f"\nwhere the kernel's time goes (batch {B}; lstm_step on {B} distinct rows):")
+        print(f"\nwhere the kernel's time goes (batch {B}; the step alone on {B} distinct rows):")
         print_table(list(sp.items()))
         full = sp["score_batch"]["median_us"]
         direct = sp["score_kernel (no checks)"]["median_us"]
         step = sp["lstm_step only"]["median_us"]
-        waves = sp["_wave_order only"]["median_us"]
         hot_us = sp[f"score_batch, {B} streams"]["median_us"]
         hot_step = sp[f"lstm_step only, {B} streams"]["median_us"]
         print(
-            f"  of {full:.0f} µs per batch: wrapper checks {full - direct:.0f}; LSTM step with "
-            f"its gather/scatter {step:.0f} (on {B} cache-resident rows {hot_step:.0f}); wave "
-            f"order {waves:.0f}; per-point bookkeeping {direct - step - waves:.0f}. The whole "
-            f"batch on {B} cache-resident rows: {hot_us:.0f} µs, so ~{full - hot_us:.0f} µs "
-            f"go to cache and TLB misses on {N:,} rows"
+            f"  of {full:.0f} µs per batch: wrapper checks {full - direct:.0f}. On {B} "
+            f"cache-resident rows the whole batch takes {hot_us:.0f} µs: the LSTM step "
+            f"{hot_step:.0f}, the rest (waves, the per-point passes, ring buffer) "
+            f"{hot_us - hot_step:.0f}; so ~{full - hot_us:.0f} µs go to cache misses on "
+            f"{N:,} rows, which the kernel prefetches (the step alone on {N:,} rows, not "
+            f"prefetched: {step:.0f} µs)"
         )
         sp1 = {name: t.stats() for name, t in prof1.items()}
         print_table(list(sp1.items()))
@@ -905,7 +893,7 @@ def main(argv: list[str] | None = None) -> int:
         k1_us = sp1["score_kernel, batch of 1"]["median_us"]
         print(
             f"  batch of 1: {b1:.1f} µs per call, of which the wrapper's checks "
-            f"{b1 - k1_us:.1f} and the kernel call (Numba dispatch of 21 arguments + one "
+            f"{b1 - k1_us:.1f} and the kernel call (Numba dispatch of 25 arguments + one "
             f"point) {k1_us:.1f}"
         )
         if malloc_initial is not None:
@@ -913,8 +901,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  score_batch with glibc's initial malloc thresholds (128 KiB, as in a "
                 f"process that never freed a large block): {g['median_us']:.0f} µs per batch "
-                f"of {B}, {g['faults_per_call']:.0f} page faults per call (the per-call "
-                f"scratch is mapped afresh), against {full:.0f} µs with the thresholds raised"
+                f"of {B}, {g['faults_per_call']:.0f} page faults per call (any would be "
+                f"scratch mapped afresh), against {full:.0f} µs with the thresholds raised"
             )
     print(
         f"\nkernel first call (compile or cache load + check) {first_call_s:.2f} s; table "

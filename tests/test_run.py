@@ -29,7 +29,13 @@ def make_input(path: Path, n: int = 400) -> list[bytes]:
 
 
 def detector(*args: str, stdin: bytes | None = None, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DETECTOR_SCORING__WARMUP": "50", "DETECTOR_LOG__FORMAT": "json"}
+    # Retraining off: it runs in a thread, so when it lands in a replay would vary by run.
+    env = {
+        **os.environ,
+        "DETECTOR_SCORING__WARMUP": "50",
+        "DETECTOR_LOG__FORMAT": "json",
+        "DETECTOR_RETRAINING__ENABLED": "false",
+    }
     return subprocess.run(
         [sys.executable, "-m", "detector", "run", *args],
         input=stdin,

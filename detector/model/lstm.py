@@ -40,7 +40,7 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-from llvmlite import ir
+from llvmlite import ir  # type: ignore[import-untyped]
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
@@ -236,7 +236,7 @@ def _bits_f32(typingctx, i):  # type: ignore[no-untyped-def]  # pragma: no cover
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         v = args[0]
-        if i.bitwidth > 32:
+        if i.bitwidth > 32:  # type: ignore[attr-defined]
             v = builder.trunc(v, ir.IntType(32))
         return builder.bitcast(v, ir.FloatType())
 
@@ -267,7 +267,7 @@ def neg_exp(x: float) -> float:
     training kernels' _exp_f32 takes 17 (this pass is bound by them), and a relative error
     of 2e-7 (_exp_f32: 4e-6). float64: libm.
     """
-    limit = 40.0
+    limit = 18.0 if isinstance(x, np.float32) else 40.0
     return math.exp(-min(max(x, -limit), limit))
 
 
@@ -285,7 +285,7 @@ def _neg_exp_impl(x):  # type: ignore[no-untyped-def]  # pragma: no cover
             n = t - rnd
             r = n * -ln2 - x  # -x - n ln 2
             p = ((((c5 * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
-            return _bits_f32(_f32_bits(p) + (_f32_bits(t) << 23))
+            return _bits_f32(_f32_bits(p) + (_f32_bits(t) << 23))  # type: ignore[call-arg]
 
         return neg_exp_f32
 
@@ -474,18 +474,14 @@ def _head_forward(h_top, x_in, theta, shape: ModelShape, q_out, y_out):  # type:
 # scratch per call; lstm_step_rows takes the scratch from the caller.
 
 
-def prefetch(arr: np.ndarray, byte_offset: int) -> None:
+def prefetch(arr: np.ndarray, byte_offset: int | np.integer) -> None:
     """Hint the CPU to fetch the cache line ``byte_offset`` bytes into arr's data, for
     reading (llvm.prefetch, locality 3). No effect on results, and an address outside the
     array is harmless: prefetches never fault. Jitted code runs the overload below; this
     body (a no-op) only with NUMBA_DISABLE_JIT=1."""
 
 
-def prefetch_write(arr: np.ndarray, byte_offset: int) -> None:
-    """As :func:`prefetch`, for a line about to be written."""
-
-
-def prefetch_l2(arr: np.ndarray, byte_offset: int) -> None:
+def prefetch_l2(arr: np.ndarray, byte_offset: int | np.integer) -> None:
     """As :func:`prefetch`, into the L2 cache only (locality 2, prefetcht1), for lines
     needed later: they do not hold one of the few L1 miss buffers while they arrive, so
     more misses overlap."""
@@ -513,13 +509,6 @@ def _llvm_prefetch(typingctx, arr, byte_offset):  # type: ignore[no-untyped-def]
 
 
 @intrinsic
-def _llvm_prefetch_write(typingctx, arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
-    if not isinstance(arr, types.Array) or not isinstance(byte_offset, types.Integer):
-        return None
-    return types.void(arr, byte_offset), _prefetch_codegen(1)
-
-
-@intrinsic
 def _llvm_prefetch_l2(typingctx, arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
     if not isinstance(arr, types.Array) or not isinstance(byte_offset, types.Integer):
         return None
@@ -529,7 +518,7 @@ def _llvm_prefetch_l2(typingctx, arr, byte_offset):  # type: ignore[no-untyped-d
 @overload(prefetch, jit_options=_ACT_OPTIONS)
 def _prefetch_impl(arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
     def impl(arr, byte_offset):  # type: ignore[no-untyped-def]
-        _llvm_prefetch(arr, byte_offset)
+        _llvm_prefetch(arr, byte_offset)  # type: ignore[call-arg]
 
     return impl
 
@@ -537,53 +526,43 @@ def _prefetch_impl(arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma:
 @overload(prefetch_l2, jit_options=_ACT_OPTIONS)
 def _prefetch_l2_impl(arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
     def impl(arr, byte_offset):  # type: ignore[no-untyped-def]
-        _llvm_prefetch_l2(arr, byte_offset)
+        _llvm_prefetch_l2(arr, byte_offset)  # type: ignore[call-arg]
 
     return impl
 
 
-@overload(prefetch_write, jit_options=_ACT_OPTIONS)
-def _prefetch_write_impl(arr, byte_offset):  # type: ignore[no-untyped-def]  # pragma: no cover
-    def impl(arr, byte_offset):  # type: ignore[no-untyped-def]
-        _llvm_prefetch_write(arr, byte_offset)
+def _zero(arr: np.ndarray) -> float:
+    """A zero of arr's dtype (jitted: a constant; a literal 0.0 would be float64)."""
+    return arr.dtype.type(0)  # type: ignore[no-any-return]
+
+
+@overload(_zero)
+def _zero_impl(arr):  # type: ignore[no-untyped-def]  # pragma: no cover
+    dtype = arr.dtype
+
+    def impl(arr):  # type: ignore[no-untyped-def]
+        return dtype(0)
 
     return impl
 
 
-_LANES = 16  # one AVX-512 register of float32
+# Reassociation, for this reduction only: LLVM then sums in vector lanes and adds the lanes
+# at the end (4.6x faster at K = 32 than the strict left-to-right sum). The order is fixed
+# by the compiled code, so results are reproducible; float64 differs from a strict sum by
+# rounding only (~1e-16).
+_DOT_FASTMATH = {*LSTM_FASTMATH, "reassoc"}
 
 
-@njit(**_KERNEL)
+@njit(cache=True, nogil=True, fastmath=_DOT_FASTMATH, error_model="numpy")
 def _dot_rows(a, v, y, d):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """y[n, d] = a[n] . v for every row of a (N, K); v (K,) contiguous.
-
-    Sixteen partial sums in registers (stack lanes, as in _matmul) summed as a tree: a plain
-    running sum is a chain of K dependent adds that LLVM may not reorder (no reassociation
-    in LSTM_FASTMATH), ~4x slower at K = 32. The order is fixed, so results are
-    reproducible.
-    """
+    """y[n, d] = a[n] . v for every row of a (N, K); v (K,) contiguous."""
     N, K = a.shape
-    K_full = K - K % _LANES
-    lane = _tile_buffer(_LANES, y)
     for n in range(N):
         row = a[n]
-        for q in range(_LANES):
-            lane[q] = 0.0
-        for k0 in range(0, K_full, _LANES):
-            r = row[k0:]
-            w = v[k0:]
-            for q in range(_LANES):
-                lane[q] += r[q] * w[q]
-        for q in range(_LANES // 2):
-            lane[q] += lane[q + _LANES // 2]
-        for q in range(_LANES // 4):
-            lane[q] += lane[q + _LANES // 4]
-        for q in range(_LANES // 8):
-            lane[q] += lane[q + _LANES // 8]
-        total = lane[0] + lane[1]
-        for k in range(K_full, K):
-            total += row[k] * v[k]
-        y[n, d] = total
+        acc = _zero(y)
+        for k in range(K):
+            acc += row[k] * v[k]
+        y[n, d] = acc
 
 
 @njit(**_KERNEL)
@@ -755,18 +734,30 @@ def _gates_rows(table, rows, col, U, x, W, bias, c):  # type: ignore[no-untyped-
                 c_r = c[i0 + r, j0 : j0 + _TILE_COLS]
                 for jj in range(_TILE_COLS):
                     c_r[jj] = acc[r * _TILE_COLS + jj]
-    # Edges (none at H = 32 with whole tiles of rows): plain loops, same order of sums.
+    # Edges: the columns right of the tiles (none when 4H is a multiple of 32), then the
+    # rows below them (a chunk of M % 4 rows). Sums in the tiles' order (bias, x W, then h U
+    # over k), with the columns innermost so the loops vectorise; a sum per column (k
+    # innermost, strided through U) ran ~100x slower and cost 10% of a batch on its 1-3
+    # leftover rows.
     for i in range(M):
         j_start = N_full if i < M_full else 0
-        c_i = c[i]
+        if j_start == N:
+            continue
+        c_i = c[i, j_start:]
+        b_i = bias[j_start:]
+        for j in range(N - j_start):
+            c_i[j] = b_i[j]
+        for d in range(D):
+            x_id = x[i, d]
+            w_d = W[d, j_start:]
+            for j in range(N - j_start):
+                c_i[j] += x_id * w_d[j]
         h_i = table[rows[i], col : col + K]
-        for j in range(j_start, N):
-            v = bias[j]
-            for d in range(D):
-                v += x[i, d] * W[d, j]
-            for k in range(K):
-                v += h_i[k] * U[k, j]
-            c_i[j] = v
+        for k in range(K):
+            h_ik = h_i[k]
+            u_k = U[k, j_start:]
+            for j in range(N - j_start):
+                c_i[j] += h_ik * u_k[j]
 
 
 @njit(**_KERNEL)

@@ -2,6 +2,10 @@
 
 For every point, in arrival order per stream (DESIGN.md, "the hot path"):
 
+0. A point whose input offset is at or below its stream's (it was applied before the state
+   was saved; Kafka replay) is skipped: status REPLAYED, nothing of the stream changes.
+   Otherwise, once handled (scored, first of its stream, or dropped), its offset (when
+   >= 0) becomes the stream's.
 1. A point not newer than its stream's last one is dropped (status DROPPED). A gap longer
    than ``gap_factor`` usual intervals resets the stream (policy "reset": it starts over as a
    new stream, warm-up included) or is noted and passed (policy "continue").
@@ -20,13 +24,23 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
 5. It alerts when it exceeds, the stream is past warm-up, at least k of its last n points
    exceeded, and no cooldown runs; an alert starts a cooldown of ``cooldown`` points.
 6. The input statistics learn x_t, robustly: a deviation beyond norm_clip std counts as
-   norm_clip std. The model input [x̃_t, calendar features] enters the ring buffer and one
-   LSTM step; the head writes ŷ_{t+1}.
+   norm_clip std. The model input [x̃_t, calendar features] enters the ring buffer, with a
+   mark when the point exceeded (retraining leaves marked inputs out), and one LSTM step;
+   the head writes ŷ_{t+1}. The stream's row counts as changed (``table.take_dirty``).
 
 Points of one batch are processed in waves: wave k holds the k-th point of every stream in
-the batch, so every wave is one batched LSTM step over distinct rows and a stream's points
-still go strictly in order. The result equals processing the points one by one
-(tests/reference/stream_scoring.py is that one-by-one version, and the tests compare them).
+the batch (a point whose stream already has one in the wave waits for the next), so every
+wave is one batched LSTM step over distinct rows and a stream's points still go strictly in
+order. The result equals processing the points one by one (tests/reference/stream_scoring.py
+is that one-by-one version, and the tests compare them).
+
+How it is fast (bench/README.md, "stream_score"): a wave goes in chunks of CHUNK points,
+in three short passes (inputs and error; scores; decisions and statistics) so that the CPU
+overlaps the long-latency arithmetic of several points, then one LSTM step on the table's
+rows in place (lstm_step_rows: register-tiled products, no gather or scatter). The first
+pass prefetches each point's record, LSTM rows, ring entry and flags a few points ahead:
+at a million streams every one of them is a cache miss. The records are read as plain 2-d
+views (record_views), a point's scalars in one cache line; scratch lives on the table.
 """
 
 from __future__ import annotations
@@ -44,12 +58,14 @@ from detector.model.params import LSTMParams
 from detector.stream.state import (
     DIRTY,
     DT_MEAN,
+    ERR_COLUMNS,
     ERR_COUNT,
     ERR_EPS,
     ERR_MEAN,
     ERR_SHORT,
     ERR_SMOOTH,
     ERR_VAR,
+    IN_WAVE,
     MARKED,
     StreamStateTable,
     TableLayout,
@@ -57,7 +73,7 @@ from detector.stream.state import (
 from detector.stream.threshold import (
     dynamic_epsilon,
     dynamic_keeps_last_run,
-    tail_score,
+    tail_scores,
 )
 
 _KERNEL = dict(cache=True, nogil=True, error_model="numpy")
@@ -171,19 +187,22 @@ def calendar_features(ts: float, out) -> None:  # type: ignore[no-untyped-def]  
 
 
 @njit(**_KERNEL)
-def _reset_row(r, s, hc, ring, marks, err_ring, flags):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _reset_row(s, rec_f, rec_w, cols, hc, ring, marks, err_ring, flags):  # type: ignore[no-untyped-def]  # pragma: no cover
     """A gap reset: the stream starts over (its offset, timestamps and count are the
     caller's business)."""
+    D = cols[F_X_VAR] - cols[F_X_MEAN]
+    for k in range(ERR_COLUMNS):
+        rec_f[s, cols[F_ERR] + k] = 0.0
+    for d in range(D):
+        rec_f[s, cols[F_X_MEAN] + d] = 0.0
+        rec_f[s, cols[F_X_VAR] + d] = 0.0
+        rec_f[s, cols[F_PRED] + d] = 0.0
+    rec_w[s, cols[F_HIST]] = 0
+    rec_w[s, cols[F_COOLDOWN]] = 0
     hc[s] = 0.0
-    r.x_mean[:] = 0.0
-    r.x_var[:] = 0.0
-    r.pred[:] = 0.0
-    r.err[:] = 0.0
-    r.hist = 0
-    r.cooldown = 0
     ring[s] = 0.0
     marks[s] = 0
-    flags[s] &= ~MARKED
+    flags[s] &= 0xFF ^ MARKED
     err_ring[s] = 0.0
 
 
@@ -194,71 +213,6 @@ def _popcount(v: int) -> int:  # pragma: no cover - jitted
         v &= v - 1
         n += 1
     return n
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing of row numbers
-
-
-@njit(**_KERNEL)
-def _wave_order(slots, order, starts, rank, keys, counts):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """Group the points into waves (the k-th point of each stream in wave k), each wave in
-    arrival order: wave w is order[starts[w]:starts[w + 1]]. Returns the number of waves.
-
-    O(B): a point's rank among its stream's points comes from a small open-addressing
-    table of the batch's rows (keys, counts: a power of two >= 2B entries), then a
-    counting sort by rank. Scratch: order, rank (B,), starts (B + 1,).
-    """
-    B = slots.shape[0]
-    size = keys.shape[0]
-    mask = size - 1
-    log2 = 0
-    while (1 << log2) < size:
-        log2 += 1
-    bits = np.uint64(64 - log2)
-    for i in range(size):
-        keys[i] = -1
-    n_waves = 0
-    for p in range(B):
-        s = slots[p]
-        i = np.int64((np.uint64(s) * _GOLDEN) >> bits) & mask
-        while keys[i] != s and keys[i] != -1:
-            i = (i + 1) & mask
-        if keys[i] == -1:
-            keys[i] = s
-            counts[i] = 0
-        k = counts[i]
-        counts[i] = k + 1
-        rank[p] = k
-        n_waves = max(n_waves, k + 1)
-    if n_waves == 1:
-        for p in range(B):
-            order[p] = p
-        starts[0] = 0
-        starts[1] = B
-        return 1
-    for w in range(n_waves + 1):
-        starts[w] = 0
-    for p in range(B):
-        starts[rank[p] + 1] += 1
-    for w in range(n_waves):
-        starts[w + 1] += starts[w]
-    for p in range(B):  # rank[p] becomes the next free place of its wave: arrival order kept
-        w = rank[p]
-        order[starts[w]] = p
-        starts[w] += 1
-    for w in range(n_waves, 0, -1):
-        starts[w] = starts[w - 1]
-    starts[0] = 0
-    return n_waves
-
-
-@njit(**_KERNEL)
-def _table_size(B: int) -> int:  # pragma: no cover - jitted
-    """The smallest power of two >= 2B (and >= 2): the wave ordering's table."""
-    size = 2
-    while size < 2 * B:
-        size *= 2
-    return size
 
 
 @njit(**_KERNEL)
@@ -274,9 +228,9 @@ CHUNK = 256
 
 
 @njit(**_KERNEL)
-def scratch_sizes(B: int, shape: ModelShape):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """(floats, ints) of kernel scratch for batches of up to B points: what score_kernel
-    carves out of its two workspace arrays, in this order."""
+def scratch_sizes(B: int, shape: ModelShape, E: int):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """(floats, ints) of kernel scratch for batches of up to B points and an error window
+    of E: what score_kernel carves out of its two workspace arrays, in this order."""
     H, K = shape.hidden, shape.head_hidden
     floats = (
         _pad(CHUNK * shape.n_inputs)  # x_chunk
@@ -285,8 +239,9 @@ def scratch_sizes(B: int, shape: ModelShape):  # type: ignore[no-untyped-def]  #
         + 2 * _pad(CHUNK * 4 * H)  # gates, tmp
         + _pad(CHUNK * K)  # q
     )
-    ints = 4 * B + 1 + 2 * _table_size(B)  # order, rank, starts, keys, counts
-    return floats, ints + 4 * CHUNK  # steps, points, ns, kind
+    ints = 2 * B + 4 * CHUNK  # this wave, next wave; steps, points, ns, kind
+    doubles = 4 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, cal, ...
+    return floats, ints + doubles
 
 
 # How far ahead the point loop prefetches: a point's record and LSTM rows PREFETCH_AHEAD
@@ -312,8 +267,12 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     ts,  # (B,) float64 epoch seconds
     values,  # (B, D) float64
     offsets,  # (B,) int64 input offsets (-1: none), or (0,): no replay check
-    rec,  # the table's arrays (detector.stream.state)
-    hc,
+    rec_f,  # the table's records as float (the table's dtype), float64, int64 and int32
+    rec_d,  # columns (record_views); cols: where each field starts in its view
+    rec_q,
+    rec_w,
+    cols,
+    hc,  # the table's other arrays (detector.stream.state)
     ring,
     marks,
     err_ring,
@@ -341,7 +300,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     the passes may run point by point in any order.
     """
     B, D = values.shape
-    capacity = rec.shape[0]
+    capacity = rec_f.shape[0]
     for p in range(B):
         if slots[p] < 0 or slots[p] >= capacity:
             return BAD_SLOTS
@@ -377,6 +336,9 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     gap_reset = cfg[C_GAP_RESET] != 0.0
     inv_D = 1.0 / D
     use_offsets = offsets.shape[0] > 0
+    c_last_ts, c_seen, c_offset = cols[F_LAST_TS], cols[F_SEEN], cols[F_OFFSET]
+    c_err, c_xmean, c_xvar, c_pred = cols[F_ERR], cols[F_X_MEAN], cols[F_X_VAR], cols[F_PRED]
+    c_hist, c_cooldown = cols[F_HIST], cols[F_COOLDOWN]
 
     # Scratch, in the order of scratch_sizes.
     C = CHUNK
@@ -392,25 +354,23 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     tmp = fws[o : o + C * 4 * H].reshape((C, 4 * H))
     o += _pad(C * 4 * H)
     q = fws[o : o + C * K].reshape((C, K))
-    table = _table_size(B)
-    order = iws[:B]
-    rank = iws[B : 2 * B]
-    starts = iws[2 * B : 3 * B + 1]
-    keys = iws[4 * B + 1 : 4 * B + 1 + table]
-    counts = iws[4 * B + 1 + table : 4 * B + 1 + 2 * table]
-    o = 4 * B + 1 + 2 * table
+    order = iws[:B]  # the points of this wave, in arrival order
+    later = iws[B : 2 * B]  # the points put off to the next wave
+    o = 2 * B
     steps = iws[o : o + C]  # rows of the chunk's points that step
     points = iws[o + C : o + 2 * C]  # their places in the batch
     ns = iws[o + 2 * C : o + 3 * C]  # their stream's points before them (0 after a reset)
     kind = iws[o + 3 * C : o + 4 * C]  # _NO_SCORE, _TAIL or _DONE
-    per_point = np.empty((3, C), np.float64)
-    zs = per_point[0]  # the z the score maps (kind _TAIL)
-    observed = per_point[1]  # what the normal-error statistics would learn
-    exceed = per_point[2]  # dynamic: 1.0 if the point exceeds
-    cal = np.zeros(CALENDAR_FEATURES, np.float64)
-    run_max = np.empty(E // 2 + 2, np.float64)
+    # float64 scratch, in the int64 array's memory (no allocation per call)
+    f64 = iws[o + 4 * C :].view(np.float64)
+    zs = f64[:C]  # the z the score maps (kind _TAIL)
+    observed = f64[C : 2 * C]  # what the normal-error statistics would learn
+    exceed = f64[2 * C : 3 * C]  # dynamic: 1.0 if the point exceeds
+    tails = f64[3 * C : 4 * C]  # tail_score of each zs
+    cal = f64[4 * C : 4 * C + CALENDAR_FEATURES]
+    run_max = f64[4 * C + CALENDAR_FEATURES : 4 * C + CALENDAR_FEATURES + E // 2 + 2]
 
-    rec_stride = rec.strides[0]
+    rec_stride = rec_q.strides[0]
     hc_stride = hc.strides[0]
     hc_lines = (hc_stride + 63) // 64
     ring_stride = ring.strides[0]
@@ -419,37 +379,46 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     ahead = PREFETCH_AHEAD
     half = PREFETCH_AHEAD // 2
 
-    n_waves = _wave_order(slots, order, starts, rank, keys, counts)
-    for w in range(n_waves):
-        lo = starts[w]
-        hi = starts[w + 1]
-        for i in range(lo, min(lo + ahead, hi)):
-            prefetch(rec, slots[order[i]] * rec_stride)
-        for c0 in range(lo, hi, C):
-            c1 = min(c0 + C, hi)
-            # Pass 1: replays, disorder, gaps, normalisation, error, the score's input.
+    # Waves: a point whose stream already has a point in this wave is put off to the next
+    # one (flag IN_WAVE), so wave k holds the k-th point of each stream, in arrival order.
+    for p in range(B):
+        order[p] = p
+    hi = B  # points in this wave
+    while hi > 0:
+        n_later = 0
+        for i in range(min(ahead, hi)):
+            prefetch(rec_q, slots[order[i]] * rec_stride)
+        i = 0  # the next point of the wave
+        while i < hi:
+            # Pass 1: replays, disorder, gaps, normalisation, error, the score's input,
+            # until the chunk has CHUNK points that step the LSTM.
             m = 0  # points of the chunk that step the LSTM
-            for i in range(c0, c1):
+            while i < hi and m < C:
+                i += 1  # (this point is order[i - 1]; `continue` moves on)
                 # Prefetch the record and LSTM rows of the point `ahead` places on, and the
                 # ring and mark lines of the one `half` places on (its record is here).
-                if i + ahead < hi:
-                    s_ahead = slots[order[i + ahead]]
-                    prefetch(rec, s_ahead * rec_stride)
+                if i - 1 + ahead < hi:
+                    s_ahead = slots[order[i - 1 + ahead]]
+                    prefetch(rec_q, s_ahead * rec_stride)
                     prefetch(flags, s_ahead)
                     for line in range(hc_lines):
                         prefetch_l2(hc, s_ahead * hc_stride + line * 64)
-                if i + half < hi:
-                    s_half = slots[order[i + half]]
-                    seen = rec[s_half].seen
+                if i - 1 + half < hi:
+                    s_half = slots[order[i - 1 + half]]
+                    seen = rec_q[s_half, c_seen]
                     pos = seen & w_mask if w_mask >= 0 else seen % W
                     prefetch_l2(ring, s_half * ring_stride + pos * ring_entry)
                     if flags[s_half] & MARKED:
                         prefetch_l2(marks, s_half * marks_stride + (pos >> 3))
-                p = order[i]
+                p = order[i - 1]
                 s = slots[p]
-                r = rec[s]
+                if flags[s] & IN_WAVE:
+                    later[n_later] = p
+                    n_later += 1
+                    continue
+                flags[s] |= IN_WAVE
                 t = ts[p]
-                n = r.seen
+                n = rec_q[s, c_seen]
                 gap[p] = NO_GAP
                 score[p] = 0.0
                 alert[p] = False
@@ -458,68 +427,70 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     predicted[p, d] = np.nan
                 off = offsets[p] if use_offsets else -1
                 # 0. a replay of a point the state already reflects
-                if off >= 0 and off <= r.offset:
+                if off >= 0 and off <= rec_q[s, c_offset]:
                     status[p] = REPLAYED
                     continue
                 # 1. disorder and gaps
-                if n > 0 and t <= r.last_ts:
+                if n > 0 and t <= rec_d[s, c_last_ts]:
                     status[p] = DROPPED
                     if off >= 0:
-                        r.offset = off
+                        rec_q[s, c_offset] = off
                         flags[s] |= DIRTY
                     continue
-                if n >= 2 and t - r.last_ts > gap_factor * r.err[DT_MEAN]:
+                if n >= 2 and t - rec_d[s, c_last_ts] > gap_factor * rec_f[s, c_err + DT_MEAN]:
                     if gap_reset:
-                        _reset_row(r, s, hc, ring, marks, err_ring, flags)
+                        _reset_row(s, rec_f, rec_w, cols, hc, ring, marks, err_ring, flags)
                         n = 0
                         gap[p] = GAP_RESET
                     else:
                         gap[p] = GAP_CONTINUED
                 elif n == 1:
-                    r.err[DT_MEAN] = t - r.last_ts
+                    rec_f[s, c_err + DT_MEAN] = t - rec_d[s, c_last_ts]
                 elif n >= 2:
-                    r.err[DT_MEAN] += INTERVAL_ALPHA * ((t - r.last_ts) - r.err[DT_MEAN])
+                    rec_f[s, c_err + DT_MEAN] += INTERVAL_ALPHA * (
+                        (t - rec_d[s, c_last_ts]) - rec_f[s, c_err + DT_MEAN]
+                    )
                 # 2. normalise with the statistics as they were before this point
-                x_m = x_chunk[m]
                 sq = 0.0
                 for d in range(D):
-                    mu = float(r.x_mean[d])
-                    sd = max(math.sqrt(float(r.x_var[d])), min_std)
+                    mu = float(rec_f[s, c_xmean + d])
+                    sd = max(math.sqrt(float(rec_f[s, c_xvar + d])), min_std)
                     v = values[p, d]
                     if n == 0:
                         mu = v
                     z = (v - mu) / sd
-                    x_m[d] = xn = min(max(z, -input_clip), input_clip)
+                    x_chunk[m, d] = xn = min(max(z, -input_clip), input_clip)
                     if n > 0:
-                        predicted[p, d] = float(r.pred[d]) * sd + mu
-                        diff = xn - float(r.pred[d])
+                        predicted[p, d] = float(rec_f[s, c_pred + d]) * sd + mu
+                        diff = xn - float(rec_f[s, c_pred + d])
                         sq += diff * diff
                 # 3. the error, and what the score needs
                 kind[m] = _NO_SCORE
+                zs[m] = 0.0
                 if n == 0:
                     status[p] = NO_PREDICTION
                 else:
                     status[p] = SCORED
                     e = math.sqrt(sq * inv_D)
                     error[p] = e
-                    count = float(r.err[ERR_COUNT])
-                    spread = max(math.sqrt(float(r.err[ERR_VAR])), min_err_std)
+                    count = float(rec_f[s, c_err + ERR_COUNT])
+                    spread = max(math.sqrt(float(rec_f[s, c_err + ERR_VAR])), min_err_std)
                     if mode == MODE_LIKELIHOOD:
                         observed[m] = e
-                        prior = float(r.err[ERR_SHORT])
+                        prior = float(rec_f[s, c_err + ERR_SHORT])
                         short = e if n == 1 else prior + short_alpha * (e - prior)
-                        r.err[ERR_SHORT] = short
+                        rec_f[s, c_err + ERR_SHORT] = short
                         if count > 0.0:
-                            zs[m] = (short - float(r.err[ERR_MEAN])) / spread
+                            zs[m] = (short - float(rec_f[s, c_err + ERR_MEAN])) / spread
                             kind[m] = _TAIL
                     else:
-                        prior = float(r.err[ERR_SMOOTH])
+                        prior = float(rec_f[s, c_err + ERR_SMOOTH])
                         smooth = e if n == 1 else prior + err_alpha * (e - prior)
-                        r.err[ERR_SMOOTH] = smooth
+                        rec_f[s, c_err + ERR_SMOOTH] = smooth
                         observed[m] = smooth
                         if mode == MODE_ZSCORE:
                             if count > 0.0:
-                                zs[m] = (smooth - float(r.err[ERR_MEAN])) / spread
+                                zs[m] = (smooth - float(rec_f[s, c_err + ERR_MEAN])) / spread
                                 kind[m] = _TAIL
                         else:  # MODE_DYNAMIC
                             k = n - 1  # index of this error in the stream's error sequence
@@ -527,11 +498,11 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                             e_ring[k % E] = smooth
                             filled = min(k + 1, E)
                             oldest = (k + 1 - filled) % E
-                            if k % refresh == 0 or r.err[ERR_EPS] <= 0.0:
-                                r.err[ERR_EPS] = dynamic_epsilon(
+                            if k % refresh == 0 or rec_f[s, c_err + ERR_EPS] <= 0.0:
+                                rec_f[s, c_err + ERR_EPS] = dynamic_epsilon(
                                     e_ring, filled, oldest, min_err_std
                                 )
-                            eps = float(r.err[ERR_EPS])
+                            eps = float(rec_f[s, c_err + ERR_EPS])
                             score[p] = min(0.5 * smooth / eps, 1.0) if eps > 0.0 else 0.0
                             exceeds = (
                                 score[p] >= threshold
@@ -547,17 +518,17 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 ns[m] = n
                 m += 1
 
-            # Pass 2: the scores.
+            # Pass 2: the scores (for every point of the chunk, then kept where wanted).
+            tail_scores(zs, tails, m)
             for j in range(m):
                 if kind[j] == _TAIL:
-                    score[points[j]] = tail_score(zs[j])
+                    score[points[j]] = tails[j]
 
             # Pass 3: decisions, statistics, ring buffer and its mark.
             for j in range(m):
                 p = points[j]
                 s = steps[j]
                 n = ns[j]
-                r = rec[s]
                 exceeds = False
                 if n > 0:
                     warm = n >= warmup
@@ -567,41 +538,42 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     # spread for thousands of points.
                     learns = n >= warmup // 2 and (not exceeds or not warm)
                     if mode != MODE_DYNAMIC and learns:
-                        count = float(r.err[ERR_COUNT]) + 1.0
+                        count = float(rec_f[s, c_err + ERR_COUNT]) + 1.0
                         a = _alpha(count, stats_alpha, stats_span)
-                        m_err = float(r.err[ERR_MEAN])
+                        m_err = float(rec_f[s, c_err + ERR_MEAN])
                         delta = observed[j] - m_err
-                        r.err[ERR_MEAN] = m_err + a * delta
-                        r.err[ERR_VAR] = (1.0 - a) * (float(r.err[ERR_VAR]) + a * delta * delta)
-                        r.err[ERR_COUNT] = count
-                    history = ((int(r.hist) << 1) | (1 if exceeds else 0)) & hyst_mask
-                    r.hist = history
-                    if r.cooldown > 0:
-                        r.cooldown -= 1
+                        rec_f[s, c_err + ERR_MEAN] = m_err + a * delta
+                        rec_f[s, c_err + ERR_VAR] = (1.0 - a) * (
+                            float(rec_f[s, c_err + ERR_VAR]) + a * delta * delta
+                        )
+                        rec_f[s, c_err + ERR_COUNT] = count
+                    hist = int(rec_w[s, c_hist]) & 0xFFFFFFFF  # uint32 bits in an int32 column
+                    history = ((hist << 1) | (1 if exceeds else 0)) & hyst_mask
+                    rec_w[s, c_hist] = history
+                    if rec_w[s, c_cooldown] > 0:
+                        rec_w[s, c_cooldown] -= 1
                     elif warm and exceeds and _popcount(history) >= hyst_k:
                         alert[p] = True
-                        r.cooldown = cooldown
+                        rec_w[s, c_cooldown] = cooldown
                 # 6. input statistics, the model input's calendar part, ring buffer, mark
                 a = _alpha(n + 1.0, norm_alpha, norm_span)
                 for d in range(D):
-                    mu = float(r.x_mean[d])
-                    var = float(r.x_var[d])
+                    mu = float(rec_f[s, c_xmean + d])
+                    var = float(rec_f[s, c_xvar + d])
                     v = values[p, d]
                     delta = v - mu if n > 0 else 0.0
                     if var > 0.0:
                         bound = norm_clip * math.sqrt(var)
                         delta = min(max(delta, -bound), bound)
-                    r.x_mean[d] = v if n == 0 else mu + a * delta
-                    r.x_var[d] = (1.0 - a) * (var + a * delta * delta)
-                x_m = x_chunk[j]
+                    rec_f[s, c_xmean + d] = v if n == 0 else mu + a * delta
+                    rec_f[s, c_xvar + d] = (1.0 - a) * (var + a * delta * delta)
                 if calendar:
                     calendar_features(ts[p], cal)
                     for jj in range(CALENDAR_FEATURES):
-                        x_m[D + jj] = cal[jj]
+                        x_chunk[j, D + jj] = cal[jj]
                 pos = n & w_mask if w_mask >= 0 else n % W
-                entry = ring[s, pos]
                 for jj in range(n_in):
-                    entry[jj] = x_m[jj]
+                    ring[s, pos, jj] = x_chunk[j, jj]
                 # The mark: a stream without marks (most) has nothing to clear.
                 fl = flags[s] | DIRTY
                 bit = np.uint8(1 << (pos & 7))
@@ -616,21 +588,26 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         for b in range(row.shape[0]):
                             marked = marked or row[b] != 0
                         if not marked:
-                            fl &= ~MARKED
+                            fl &= 0xFF ^ MARKED
                 flags[s] = fl
-                r.seen = n + 1
-                r.last_ts = ts[p]
+                rec_q[s, c_seen] = n + 1
+                rec_d[s, c_last_ts] = ts[p]
                 if use_offsets and offsets[p] >= 0:
-                    r.offset = offsets[p]
+                    rec_q[s, c_offset] = offsets[p]
 
             if m > 0:  # one LSTM step for the chunk, on the rows in place (prefetched above)
                 lstm_step_rows(
                     x_chunk[:m], steps[:m], hc, theta, shape, gates, tmp, q, h_out, y_chunk[:m]
                 )
                 for j in range(m):
-                    pred = rec[steps[j]].pred
+                    s = steps[j]
                     for d in range(shape.n_outputs):
-                        pred[d] = y_chunk[j, d]
+                        rec_f[s, c_pred + d] = y_chunk[j, d]
+        for i in range(hi):
+            flags[slots[order[i]]] &= 0xFF ^ IN_WAVE
+        for i in range(n_later):
+            order[i] = later[i]
+        hi = n_later
     return 0
 
 
@@ -673,19 +650,77 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
         raise ValueError("the table has an error window exactly when the mode is dynamic")
 
 
+# Where each record field starts, in elements of the view the kernel reads it through.
+F_LAST_TS, F_SEEN, F_OFFSET, F_ERR, F_X_MEAN, F_X_VAR, F_PRED, F_HIST, F_COOLDOWN = range(9)
+_FIELD_VIEWS = (
+    ("last_ts", 8),
+    ("seen", 8),
+    ("offset", 8),
+    ("err", 0),  # 0: the table's float size
+    ("x_mean", 0),
+    ("x_var", 0),
+    ("pred", 0),
+    ("hist", 4),
+    ("cooldown", 4),
+)
+
+
+def record_views(
+    rec: NDArray[np.void], dtype: np.dtype
+) -> tuple[
+    NDArray[np.floating],
+    NDArray[np.float64],
+    NDArray[np.int64],
+    NDArray[np.int32],
+    NDArray[np.int64],
+]:
+    """The records as 2-d arrays of the table's float dtype, float64, int64 and int32, and
+    each field's first column in its view (indexed by F_*). The kernel indexes these plain
+    arrays: each access to a field of a record (a NumPy structured array) built a view,
+    and its reference counting cost 5% of the kernel."""
+    rows = rec.shape[0]
+    size = rec.dtype.itemsize
+    f = np.dtype(dtype)
+    fields = rec.dtype.fields
+    if fields is None:
+        raise TypeError(f"records have dtype {rec.dtype}; expected a structured dtype")
+    cols = np.empty(len(_FIELD_VIEWS), np.int64)
+    for i, (name, width) in enumerate(_FIELD_VIEWS):
+        offset = fields[name][1]
+        cols[i] = offset // (width or f.itemsize)
+    return (
+        rec.view(f).reshape(rows, size // f.itemsize),
+        rec.view(np.float64).reshape(rows, size // 8),
+        rec.view(np.int64).reshape(rows, size // 8),
+        rec.view(np.int32).reshape(rows, size // 4),
+        cols,
+    )
+
+
 class Scratch:
     """The kernel's working arrays for batches of up to ``batch`` points of one model shape,
     kept on the table (``table.scratch``) across calls: fresh megabytes per call would cost
-    page faults."""
+    page faults. Also the views of the table's records (record_views), until it grows, and
+    the (params, config) last found compatible with the table."""
 
-    __slots__ = ("batch", "floats", "ints", "shape")
+    __slots__ = ("batch", "checked", "error_window", "floats", "ints", "rec", "shape", "views")
 
-    def __init__(self, batch: int, shape: ModelShape, dtype: np.dtype) -> None:
+    def __init__(self, batch: int, shape: ModelShape, dtype: np.dtype, error_window: int) -> None:
         self.batch = batch
         self.shape = shape
-        n_float, n_int = scratch_sizes(batch, shape)
+        self.error_window = error_window
+        n_float, n_int = scratch_sizes(batch, shape, error_window)
         self.floats = np.empty(n_float, dtype)
         self.ints = np.empty(n_int, np.int64)
+        self.rec: NDArray[np.void] | None = None
+        self.views: tuple[NDArray[np.generic], ...] = ()
+        self.checked: tuple[object, object] | None = None
+
+    def record_views(self, table: StreamStateTable) -> tuple[NDArray[np.generic], ...]:
+        if self.rec is not table.rec:
+            self.rec = table.rec
+            self.views = record_views(table.rec, self.floats.dtype)
+        return self.views
 
     @classmethod
     def of(cls, table: StreamStateTable, params: LSTMParams, batch: int) -> Scratch:
@@ -696,9 +731,15 @@ class Scratch:
             and old.batch >= batch
             and old.shape == params.shape
             and old.floats.dtype == params.dtype
+            and old.error_window == table.layout.error_window
         ):
             return old
-        new = cls(max(64, 1 << (batch - 1).bit_length()), params.shape, params.dtype)
+        new = cls(
+            max(64, 1 << (batch - 1).bit_length()),
+            params.shape,
+            params.dtype,
+            table.layout.error_window,
+        )
         table.scratch = new
         return new
 
@@ -724,9 +765,16 @@ def score_batch(
     stream's offset (``table.offset_of``) is skipped as REPLAYED, and a handled point's
     offset becomes the stream's.
     """
-    check_compatible(table.layout, params, config)
     B = slots.shape[0]
     D = table.layout.n_values
+    scratch = Scratch.of(table, params, max(B, 1))
+    if (
+        scratch.checked is None
+        or scratch.checked[0] is not params
+        or scratch.checked[1] is not config
+    ):
+        check_compatible(table.layout, params, config)  # (params and config are immutable)
+        scratch.checked = (params, config)
     if slots.dtype != np.int64 or slots.ndim != 1:
         raise ValueError(
             f"slots has dtype {slots.dtype} and {slots.ndim} dims; expected (B,) int64"
@@ -748,13 +796,17 @@ def score_batch(
         out = BatchScores.empty(B, D)
     if B == 0:
         return out
-    scratch = Scratch.of(table, params, B)
+    rec_f, rec_d, rec_q, rec_w, cols = scratch.record_views(table)
     code = score_kernel(
-        np.ascontiguousarray(slots),
-        np.ascontiguousarray(ts),
-        np.ascontiguousarray(values),
-        np.ascontiguousarray(offsets),
-        table.rec,
+        slots if slots.flags.c_contiguous else np.ascontiguousarray(slots),
+        ts if ts.flags.c_contiguous else np.ascontiguousarray(ts),
+        values if values.flags.c_contiguous else np.ascontiguousarray(values),
+        offsets if offsets.flags.c_contiguous else np.ascontiguousarray(offsets),
+        rec_f,
+        rec_d,
+        rec_q,
+        rec_w,
+        cols,
         table.hc,
         table.ring,
         table.marks,

@@ -17,19 +17,22 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
         hist        bit k: the point k steps ago exceeded the threshold (uint32)
         cooldown    points left before the stream may alert again (int32)
     hc          (layers, 2, H)  the LSTM's h (``hc[:, :, 0]``) and c (``hc[:, :, 1]``), one
-                                contiguous block so the kernel copies it in whole lines
+                                contiguous block of whole cache lines, stepped in place
     ring        (W, n_inputs)   the last W model inputs (normalised values, calendar features)
     marks       (ceil(W / 8),)  bit i: ring entry i was written by a point that exceeded
                                 the threshold (retraining leaves those out)
     err_ring    (E,)            dynamic threshold only: the last E smoothed errors
     flags       ()              bit DIRTY: changed since the last ``take_dirty``; bit MARKED:
                                 some mark is set (else the kernel need not touch ``marks``
-                                for a point that does not exceed). Not saved: MARKED is
-                                recomputed from the marks on restore
+                                for a point that does not exceed); bit IN_WAVE: the
+                                kernel's, within one call. Not saved: MARKED is recomputed
+                                from the marks on restore
     last_seen   ()              wall-clock time of the last point, for idle eviction (not saved)
 
 The ring's write position is ``seen % W``, so it needs no column of its own. ``h``, ``c``
 and every record field are also attributes (NumPy views), e.g. ``table.seen[slot]``.
+Serialised rows (``stream_bytes``, ``to_bytes``; format version 2) hold every field above
+but flags and last_seen, packed (_row_dtype), whatever the in-memory layout.
 
 Stream ids live in a byte arena (UTF-8), found through an open-addressing hash table
 (linear probing on a seeded 64-bit hash, verified byte for byte, so distinct ids never
@@ -50,6 +53,7 @@ from typing import NamedTuple
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 from numpy.typing import NDArray
 
 from detector.errors import StateFormatError
@@ -70,6 +74,7 @@ ERR_COLUMNS = 5
 # Bits of ``flags``.
 DIRTY = 1
 MARKED = 2
+IN_WAVE = 4  # the scoring kernel's, set and cleared within one call
 
 _INITIAL_CAPACITY = 1024
 _LINE = 64  # bytes of a cache line: records and rows start on one
@@ -177,26 +182,46 @@ _MIX1 = np.uint64(0xFF51AFD7ED558CCD)
 _MIX2 = np.uint64(0xC4CEB9FE1A85EC53)
 _S33 = np.uint64(33)
 
-_INDEX = dict(cache=True, nogil=True, error_model="numpy")
+# The index kernels: numba, arrays typed by what the table holds (NDArray[...] below).
+_index_kernel = njit(cache=True, nogil=True, error_model="numpy")
 
 
-@njit(**_INDEX)
-def _hash(data, start, end, seed):  # type: ignore[no-untyped-def]  # pragma: no cover
+_MASK64 = (1 << 64) - 1
+
+
+def _hash(data: NDArray[np.uint8], start: int, end: int, seed: np.uint64) -> np.uint64:
     """Seeded 64-bit hash of data[start:end] (FNV-1a per byte, then MurmurHash3's fmix64).
-    The seed is drawn per table, so ids cannot be chosen to collide in every process."""
-    h = seed
+    The seed is drawn per table, so ids cannot be chosen to collide in every process.
+    Jitted code runs the overload below (uint64 arithmetic wraps); this body, with Python
+    ints, only with NUMBA_DISABLE_JIT=1."""
+    h = int(seed)
     for i in range(start, end):
-        h = (h ^ np.uint64(data[i])) * _FNV_PRIME
-    h ^= h >> _S33
-    h *= _MIX1
-    h ^= h >> _S33
-    h *= _MIX2
-    h ^= h >> _S33
-    return h
+        h = ((h ^ int(data[i])) * int(_FNV_PRIME)) & _MASK64
+    for mix in (_MIX1, _MIX2):
+        h = ((h ^ (h >> 33)) * int(mix)) & _MASK64
+    return np.uint64(h ^ (h >> 33))
 
 
-@njit(**_INDEX)
-def _same_key(data, start, end, arena, meta):  # type: ignore[no-untyped-def]  # pragma: no cover
+@overload(_hash, jit_options={"error_model": "numpy"})
+def _hash_impl(data, start, end, seed):  # type: ignore[no-untyped-def]  # pragma: no cover
+    def hash_u64(data, start, end, seed):  # type: ignore[no-untyped-def]
+        h = seed
+        for i in range(start, end):
+            h = (h ^ np.uint64(data[i])) * _FNV_PRIME
+        h ^= h >> _S33
+        h *= _MIX1
+        h ^= h >> _S33
+        h *= _MIX2
+        h ^= h >> _S33
+        return h
+
+    return hash_u64
+
+
+@_index_kernel
+def _same_key(  # pragma: no cover
+    data: NDArray[np.uint8], start: int, end: int, arena: NDArray[np.uint8], meta: int
+) -> bool:
     n = end - start
     if meta & 0xFFFF != n:
         return False
@@ -207,8 +232,17 @@ def _same_key(data, start, end, arena, meta):  # type: ignore[no-untyped-def]  #
     return True
 
 
-@njit(**_INDEX)
-def _probe(data, start, end, h, ix_hash, ix_slot, key_meta, arena):  # type: ignore[no-untyped-def]  # pragma: no cover
+@_index_kernel
+def _probe(  # pragma: no cover
+    data: NDArray[np.uint8],
+    start: int,
+    end: int,
+    h: np.uint64,
+    ix_hash: NDArray[np.uint64],
+    ix_slot: NDArray[np.int32],
+    key_meta: NDArray[np.int64],
+    arena: NDArray[np.uint8],
+) -> int:
     """The row of the id data[start:end] (hash h), or -1."""
     mask = ix_hash.shape[0] - 1
     i = np.int64(h & np.uint64(mask))
@@ -217,12 +251,24 @@ def _probe(data, start, end, h, ix_hash, ix_slot, key_meta, arena):  # type: ign
         if s < 0:
             return -1
         if ix_hash[i] == h and _same_key(data, start, end, arena, key_meta[s]):
-            return np.int64(s)
+            return int(s)
         i = (i + 1) & mask
 
 
-@njit(**_INDEX)
-def index_find(data, ends, seed, ix_hash, ix_slot, key_meta, arena, out, hashes, last_seen, now):  # type: ignore[no-untyped-def]  # pragma: no cover
+@_index_kernel
+def index_find(  # pragma: no cover
+    data: NDArray[np.uint8],
+    ends: NDArray[np.int64],
+    seed: np.uint64,
+    ix_hash: NDArray[np.uint64],
+    ix_slot: NDArray[np.int32],
+    key_meta: NDArray[np.int64],
+    arena: NDArray[np.uint8],
+    out: NDArray[np.int64],
+    hashes: NDArray[np.uint64],
+    last_seen: NDArray[np.float64],
+    now: float,
+) -> int:
     """out[p] = the row of id p, or -1 if unknown; hashes[p] = its hash. Id p is
     data[ends[p-1]:ends[p]] (from 0 for p = 0). Known rows get last_seen = now unless
     last_seen is empty (a lookup that is not a point). Returns the number of unknown ids.
@@ -250,7 +296,7 @@ def index_find(data, ends, seed, ix_hash, ix_slot, key_meta, arena, out, hashes,
             if s < 0:
                 break
             if ix_hash[i] == h:
-                found = np.int64(s)
+                found = int(s)
                 break
             i = (i + 1) & mask
         out[p] = found
@@ -277,10 +323,21 @@ def index_find(data, ends, seed, ix_hash, ix_slot, key_meta, arena, out, hashes,
     return missing
 
 
-@njit(**_INDEX)
-def index_insert(  # type: ignore[no-untyped-def]  # pragma: no cover
-    data, ends, hashes, out, ix_hash, ix_slot, key_meta, arena, free, counters, max_streams, new
-):
+@_index_kernel
+def index_insert(  # pragma: no cover
+    data: NDArray[np.uint8],
+    ends: NDArray[np.int64],
+    hashes: NDArray[np.uint64],
+    out: NDArray[np.int64],
+    ix_hash: NDArray[np.uint64],
+    ix_slot: NDArray[np.int32],
+    key_meta: NDArray[np.int64],
+    arena: NDArray[np.uint8],
+    free: NDArray[np.int64],
+    counters: NDArray[np.int64],
+    max_streams: int,
+    new: NDArray[np.int64],
+) -> tuple[int, int]:
     """Give every id p with out[p] < 0 a row (the same row to repeats of one id), unless
     the table holds max_streams streams: then out[p] stays -1. The caller has made room:
     capacity for every new row, arena bytes for every new key. Writes the new rows into
@@ -322,8 +379,17 @@ def index_insert(  # type: ignore[no-untyped-def]  # pragma: no cover
     return n_new, refused
 
 
-@njit(**_INDEX)
-def index_remove(slots, seed, ix_hash, ix_slot, key_meta, arena, free, counters):  # type: ignore[no-untyped-def]  # pragma: no cover
+@_index_kernel
+def index_remove(  # pragma: no cover
+    slots: NDArray[np.int64],
+    seed: np.uint64,
+    ix_hash: NDArray[np.uint64],
+    ix_slot: NDArray[np.int32],
+    key_meta: NDArray[np.int64],
+    arena: NDArray[np.uint8],
+    free: NDArray[np.int64],
+    counters: NDArray[np.int64],
+) -> None:
     """Forget the streams of rows ``slots`` (live, distinct) and free the rows.
 
     Linear probing without tombstones: the entries after a removed one move back into the
@@ -358,8 +424,15 @@ def index_remove(slots, seed, ix_hash, ix_slot, key_meta, arena, free, counters)
         counters[_LIVE] -= 1
 
 
-@njit(**_INDEX)
-def index_rebuild(seed, key_meta, arena, high_water, ix_hash, ix_slot):  # type: ignore[no-untyped-def]  # pragma: no cover
+@_index_kernel
+def index_rebuild(  # pragma: no cover
+    seed: np.uint64,
+    key_meta: NDArray[np.int64],
+    arena: NDArray[np.uint8],
+    high_water: int,
+    ix_hash: NDArray[np.uint64],
+    ix_slot: NDArray[np.int32],
+) -> None:
     """Fill an empty hash table (ix_slot all -1) with every live row."""
     mask = ix_hash.shape[0] - 1
     for s in range(high_water):
@@ -375,8 +448,10 @@ def index_rebuild(seed, key_meta, arena, high_water, ix_hash, ix_slot):  # type:
         ix_slot[i] = s
 
 
-@njit(**_INDEX)
-def arena_compact(key_meta, arena, high_water, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+@_index_kernel
+def arena_compact(  # pragma: no cover
+    key_meta: NDArray[np.int64], arena: NDArray[np.uint8], high_water: int, out: NDArray[np.uint8]
+) -> int:
     """Copy the live keys into ``out`` in row order, updating key_meta; returns bytes used."""
     at = 0
     for s in range(high_water):
@@ -476,6 +551,7 @@ class StreamStateTable:
     )
 
     rec: NDArray[np.void]
+    _key_meta: NDArray[np.int64]  # per row: arena offset << 16 | key length, -1 if free
     hc: NDArray[np.floating]
     ring: NDArray[np.floating]
     marks: NDArray[np.uint8]
@@ -775,7 +851,7 @@ class StreamStateTable:
         call or since the table was created or restored; clears the marks."""
         used = int(self._counters[_HIGH_WATER])
         changed = np.flatnonzero(self.flags[:used] & DIRTY)
-        self.flags[changed] &= ~np.uint8(DIRTY)
+        self.flags[changed] &= 0xFF ^ DIRTY
         return [self.key_of(s) for s in changed.tolist()]
 
     def take_removed(self) -> list[str]:
@@ -865,7 +941,7 @@ class StreamStateTable:
         slots = self.live_slots()
         rows = memoryview(self._pack_rows(slots).tobytes())
         size = self.row_size()
-        parts = [self._header(), _COUNT.pack(slots.size)]
+        parts: list[bytes | memoryview] = [self._header(), _COUNT.pack(slots.size)]
         for i, slot in enumerate(slots.tolist()):
             key = self._key_bytes(slot)
             parts += [_KEY_LEN.pack(len(key)), key, rows[i * size : (i + 1) * size]]

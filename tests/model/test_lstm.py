@@ -284,3 +284,108 @@ def test_both_loss_entry_points_check_target_and_washout(loss):
         loss(params, x, np.zeros((4, 2, 3), np.float32))
     with pytest.raises(ValueError, match="washout is 4"):
         loss(params, x, np.zeros((4, 2, 2), np.float32), 4)
+
+
+# --------------------------------------------------------------------------- streaming rows
+ROW_SHAPES = {
+    **SHAPES,
+    # H = 32, one input: the scoring kernel's shape (full register tiles, bias and x W in
+    # the tiles' start, the head as one dot product per row).
+    "1 layer, H=32, D=1, residual": dict(
+        n_inputs=1, n_outputs=1, hidden=32, layers=1, residual=True
+    ),
+    # More than _FOLD_INPUT_MAX inputs: the first layer's input goes through _matmul.
+    "1 layer, H=8, D=6": dict(n_inputs=6, n_outputs=2, hidden=8, layers=1),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ROW_SHAPES)
+def test_step_on_table_rows_equals_numpy_reference(case, dtype):
+    """lstm_step_rows steps rows of one (capacity, layers, 2, H) table in place: equal to
+    the loop-by-loop NumPy step from the same state; other rows untouched. S = 37 streams:
+    whole tiles of four rows and an edge of one."""
+    params = make_params(ROW_SHAPES[case], dtype)
+    shape = params.shape
+    L, H, S, capacity = shape.layers, shape.hidden, 37, 60
+    rng = np.random.default_rng(10)
+    hc = (0.5 * rng.standard_normal((capacity, L, 2, H))).astype(dtype)
+    rows = rng.choice(capacity, size=S, replace=False).astype(np.int64)
+    x = rng.standard_normal((S, shape.n_inputs)).astype(dtype)
+    before = hc.copy()
+    y = np.full((S, shape.n_outputs), np.nan, dtype)
+    scratch = lstm.step_scratch(S, shape, params.theta)
+    lstm.lstm_step_rows(x, rows, hc, params.theta, shape, *scratch, y)
+
+    h0 = before[rows, :, 0].transpose(1, 0, 2)  # (L, S, H)
+    c0 = before[rows, :, 1].transpose(1, 0, 2)
+    y_ref, h_ref, c_ref = ref.forward(params.tensors(), shape, x[None], h0, c0)
+    npt.assert_allclose(y, y_ref[0], **TOL[dtype])
+    npt.assert_allclose(hc[rows, :, 0].transpose(1, 0, 2), h_ref, **TOL[dtype])
+    npt.assert_allclose(hc[rows, :, 1].transpose(1, 0, 2), c_ref, **TOL[dtype])
+    others = np.setdiff1d(np.arange(capacity), rows)
+    npt.assert_array_equal(hc[others], before[others])
+
+
+@njit(cache=False)
+def gates_rows_jitted(table, rows, col, U, x, W, b, c):  # type: ignore[no-untyped-def]
+    lstm._gates_rows(table, rows, col, U, x, W, b, c)
+
+
+@njit(cache=False)
+def matmul_rows_jitted(table, rows, col, b, c):  # type: ignore[no-untyped-def]
+    lstm._matmul_rows(table, rows, col, b, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("M", "H", "D"), [(8, 32, 1), (7, 32, 2), (6, 5, 1), (3, 9, 4), (0, 8, 1)])
+def test_products_on_table_rows_equal_numpy(M, H, D, dtype):
+    """bias + x W + h U with h gathered from table rows (tiles, edge rows, edge columns)."""
+    rng = np.random.default_rng(11)
+    table = rng.standard_normal((20, 3 * H)).astype(dtype)
+    rows = rng.choice(20, size=M, replace=False).astype(np.int64)
+    U = rng.standard_normal((H, 4 * H)).astype(dtype)
+    W = rng.standard_normal((D, 4 * H)).astype(dtype)
+    b = rng.standard_normal(4 * H).astype(dtype)
+    x = rng.standard_normal((M, D)).astype(dtype)
+    h = table[rows, H : 2 * H].astype(np.float64)
+    atol = 8 * np.finfo(dtype).eps * H
+    c = np.full((M, 4 * H), np.nan, dtype)
+    gates_rows_jitted(table, rows, H, U, x, W, b, c)
+    npt.assert_allclose(c, b + x.astype(np.float64) @ W + h @ U, rtol=TOL[dtype]["rtol"], atol=atol)
+    c[:] = np.nan
+    matmul_rows_jitted(table, rows, H, U, c)
+    npt.assert_allclose(c, h @ U, rtol=TOL[dtype]["rtol"], atol=atol)
+
+
+@njit(cache=False)
+def neg_exp_all(x, out):  # type: ignore[no-untyped-def]
+    for i in range(x.shape[0]):
+        out[i] = lstm.neg_exp(x[i])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_neg_exp_is_exp_of_minus_x_clamped(dtype):
+    x = np.concatenate([np.linspace(-30, 30, 200_001), [-50.0, 0.0, 50.0]]).astype(dtype)
+    out = np.empty_like(x)
+    neg_exp_all(x, out)
+    limit = 18.0 if dtype == np.float32 else 40.0
+    want = np.exp(-np.clip(x.astype(np.float64), -limit, limit))
+    npt.assert_allclose(out, want, rtol=3e-7 if dtype == np.float32 else 1e-15)
+
+
+@njit(cache=False)
+def dot_rows_jitted(a, v, y):  # type: ignore[no-untyped-def]
+    lstm._dot_rows(a, v, y, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K", [1, 5, 32, 37])
+def test_dot_rows_equals_numpy(K, dtype):
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((9, K)).astype(dtype)
+    v = rng.standard_normal(K).astype(dtype)
+    y = np.full((9, 1), np.nan, dtype)
+    dot_rows_jitted(a, v, y)
+    npt.assert_allclose(y[:, 0], a.astype(np.float64) @ v, rtol=TOL[dtype]["rtol"],
+                        atol=4 * np.finfo(dtype).eps * K)  # fmt: skip

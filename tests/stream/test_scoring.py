@@ -14,14 +14,21 @@ from detector.stream.scoring import (
     GAP_CONTINUED,
     GAP_RESET,
     NO_PREDICTION,
+    REPLAYED,
     SCORED,
     ScoringConfig,
     score_batch,
 )
 from detector.stream.state import StreamStateTable, TableLayout
-from tests.reference.stream_scoring import RefScorer
+from detector.stream.threshold import tail_scores
+from tests.reference.stream_scoring import RefScorer, ref_tail_score
 
-STATUS = {"scored": SCORED, "no_prediction": NO_PREDICTION, "dropped": DROPPED}
+STATUS = {
+    "scored": SCORED,
+    "no_prediction": NO_PREDICTION,
+    "dropped": DROPPED,
+    "replayed": REPLAYED,
+}
 GAPS = {"": 0, "reset": GAP_RESET, "continued": GAP_CONTINUED}
 
 
@@ -76,12 +83,29 @@ def synthetic_points(
     return keys, np.array(ts), np.array(values).reshape(n, D)
 
 
-def run_batches(table, params, config, keys, ts, values, batch: int):
+def replayed_offsets(rng: np.random.Generator, keys: list[str]) -> np.ndarray:
+    """Input offsets for the points: increasing, except that ~3% of the points repeat the
+    offset of an earlier point of their stream (a replay), and ~1% carry none (-1)."""
+    offsets = np.arange(len(keys), dtype=np.int64)
+    last: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        u = rng.random()
+        if u < 0.03 and key in last:
+            offsets[i] = last[key] - int(rng.integers(0, 2))  # at or below the stream's
+        elif u < 0.04:
+            offsets[i] = -1
+        if offsets[i] >= 0:
+            last[key] = max(last.get(key, -1), int(offsets[i]))
+    return offsets
+
+
+def run_batches(table, params, config, keys, ts, values, batch: int, offsets=None):
     results = []
     for lo in range(0, len(keys), batch):
         hi = lo + batch
         slots = table.slots(keys[lo:hi], now=0.0)
-        out = score_batch(table, params, config, slots, ts[lo:hi], values[lo:hi])
+        offs = None if offsets is None else offsets[lo:hi]
+        out = score_batch(table, params, config, slots, ts[lo:hi], values[lo:hi], offs)
         results.append(out)
     cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
     return {n: cat(n) for n in ("status", "gap", "score", "alert", "predicted", "error")}
@@ -113,17 +137,29 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_equals_point_by_point_reference(case: str) -> None:
+    """Every output and the final state, replayed points (input offsets) and the ring's
+    anomaly marks included."""
     spec = dict(CASES[case])
     scoring = spec.pop("scoring")
     streams = spec.pop("streams", StreamSettings(buffer_len=16))
     D = spec.get("D", 1)
     table, params, config = make_group(scoring, streams, **spec)
     params.tensors()["head.V2"][:] *= 0.1  # near persistence: spikes stand out of the noise
-    keys, ts, values = synthetic_points(np.random.default_rng(7), 1500, n_streams=5, D=D)
-    got = run_batches(table, params, config, keys, ts, values, batch=97)
-
+    rng = np.random.default_rng(7)
+    keys, ts, values = synthetic_points(rng, 1500, n_streams=5, D=D)
+    offsets = replayed_offsets(rng, keys)
     ref = RefScorer(params, scoring, streams, calendar=spec.get("calendar", False))
-    want = [ref.point(k, t, v) for k, t, v in zip(keys, ts, values, strict=True)]
+    want, parts, marked = [], [], 0
+    for lo in range(0, len(keys), 97):  # batch by batch, the ring's marks compared after each
+        hi = lo + 97
+        batch = (keys[lo:hi], ts[lo:hi], values[lo:hi], offsets[lo:hi])
+        parts.append(run_batches(table, params, config, *batch[:3], 97, batch[3]))
+        want += [ref.point(k, t, v, int(o)) for k, t, v, o in zip(*batch, strict=True)]
+        for key, stream in ref.streams.items():
+            _, marks = table.ring_window(key)
+            npt.assert_array_equal(marks, stream.marks)
+            marked += int(marks.sum())
+    got = {n: np.concatenate([part[n] for part in parts]) for n in parts[0]}
 
     npt.assert_array_equal(got["status"], [STATUS[r.status] for r in want])
     npt.assert_array_equal(got["gap"], [GAPS[r.gap] for r in want])
@@ -135,9 +171,11 @@ def test_kernel_equals_point_by_point_reference(case: str) -> None:
     # The cases must exercise what they claim to.
     assert got["alert"].sum() >= 3, "no alerts: the comparison would prove little"
     assert (got["status"] == DROPPED).any()
+    assert (got["status"] == REPLAYED).any()
     assert (got["gap"] != 0).any()
     if scoring.mode == "dynamic":
         assert ref.pruned > 0, "pruning never removed a run: the case proves little"
+    assert marked > 0, "no ring entry was ever marked: comparing marks would prove little"
     for key, s in ref.streams.items():
         slot = table.slot_of[key]
         npt.assert_allclose(table.h[slot], s.h, rtol=1e-7, atol=1e-9)
@@ -145,9 +183,10 @@ def test_kernel_equals_point_by_point_reference(case: str) -> None:
         npt.assert_allclose(table.x_mean[slot], s.mean, rtol=1e-9)
         npt.assert_allclose(table.pred[slot], s.pred, rtol=1e-7, atol=1e-9)
         assert table.seen[slot] == s.seen
-        W = streams.buffer_len
-        ring = [table.ring[slot, i % W] for i in range(max(0, s.seen - W), s.seen)]
-        npt.assert_allclose(ring, s.ring, rtol=1e-7, atol=1e-9)
+        assert table.offset_of(key) == s.offset
+        inputs, marks = table.ring_window(key)
+        npt.assert_allclose(inputs, np.array(s.ring).reshape(inputs.shape), rtol=1e-7, atol=1e-9)
+        npt.assert_array_equal(marks, s.marks)
 
 
 def test_batch_size_does_not_change_results() -> None:
@@ -239,3 +278,71 @@ def test_wrapper_rejects_a_model_that_does_not_fit_the_table() -> None:
     slots = table.slots(["a"], 0.0)
     with pytest.raises(ValueError, match="the table needs"):
         score_batch(table, other, config, slots, np.ones(1), np.ones((1, 1)))
+
+
+@pytest.mark.parametrize("mode", ["zscore", "dynamic"])
+def test_replay_after_restore_equals_an_uninterrupted_run(mode: str) -> None:
+    """Kafka replay: the state is saved after offset 599, the consumer restarts from an
+    older committed offset (450): the points it sees again are skipped as REPLAYED, and
+    everything after them is as if the process had never stopped."""
+    scoring = ScoringSettings(mode=mode, warmup=10, threshold=0.15, dynamic_window=16)
+    streams = StreamSettings(buffer_len=8)
+    keys, ts, values = synthetic_points(np.random.default_rng(5), 900, n_streams=4, D=1)
+    offsets = np.arange(900, dtype=np.int64) + 10_000
+    table, params, config = make_group(scoring, streams, dtype="float32")
+    whole = run_batches(table, params, config, keys, ts, values, batch=50, offsets=offsets)
+
+    first, params, config = make_group(scoring, streams, dtype="float32")
+    run_batches(first, params, config, keys[:600], ts[:600], values[:600], 50, offsets[:600])
+    saved = {key: first.stream_bytes(key) for key in first}
+    second = StreamStateTable(first.layout, max_streams=100)
+    for key, data in saved.items():
+        second.restore_stream(key, data, now=0.0)
+        assert second.offset_of(key) == first.offset_of(key)
+    rest = run_batches(
+        second, params, config, keys[450:], ts[450:], values[450:], 64, offsets[450:]
+    )  # other batch boundaries too: replayed points sit anywhere in a batch
+
+    assert (rest["status"][:150] == REPLAYED).all()
+    assert np.isnan(rest["error"][:150]).all() and not rest["alert"][:150].any()
+    for name in ("status", "gap", "score", "alert", "error", "predicted"):
+        npt.assert_allclose(rest[name][150:], whole[name][600:], rtol=1e-5, atol=1e-6)
+    assert whole["alert"][600:].any()
+
+
+def test_replayed_points_change_nothing_and_a_newer_one_goes_on() -> None:
+    table, params, config = make_group(ScoringSettings(), StreamSettings(), dtype="float32")
+    slots = table.slots(["a", "a"], now=0.0)
+    score_batch(table, params, config, slots, np.array([1.0, 2.0]), np.ones((2, 1)),
+                np.array([5, 7]))  # fmt: skip
+    assert table.offset_of("a") == 7
+    table.take_dirty()
+    before = table.stream_bytes("a")
+    out = score_batch(
+        table, params, config, slots, np.array([3.0, 4.0]), np.ones((2, 1)), np.array([6, 7])
+    )
+    assert out.status.tolist() == [REPLAYED, REPLAYED]
+    assert table.stream_bytes("a") == before and table.take_dirty() == []
+    out = score_batch(
+        table, params, config, slots[:1], np.array([1.5]), np.ones((1, 1)), np.array([8])
+    )
+    assert out.status.tolist() == [DROPPED]  # not newer: dropped, but the offset moves on
+    assert table.offset_of("a") == 8 and table.take_dirty() == ["a"]
+    out = score_batch(
+        table, params, config, slots[:1], np.array([5.0]), np.ones((1, 1)), np.array([-1])
+    )
+    assert out.status.tolist() == [SCORED]  # no offset: no check, and the offset stays
+    assert table.offset_of("a") == 8
+    with pytest.raises(ValueError, match="offsets"):
+        score_batch(table, params, config, slots, np.ones(2), np.ones((2, 1)), np.ones(2))
+
+
+def test_tail_scores_equal_the_reference_everywhere() -> None:
+    """The kernel's piecewise-polynomial tail score against scipy (via ref_tail_score):
+    inside the table, beyond both ends, and at the point where the score becomes 1."""
+    z = np.concatenate([np.linspace(-12.0, 12.0, 24_001), [6.361340902404056, -40.0, 40.0]])
+    got = np.empty_like(z)
+    tail_scores(z, got, z.size)
+    want = np.array([ref_tail_score(v) for v in z])
+    npt.assert_allclose(got, want, rtol=1e-7, atol=1e-14)
+    assert np.all((got >= 0.0) & (got <= 1.0))

@@ -8,6 +8,7 @@ import pytest
 
 from detector.config import ScoringSettings, StreamSettings
 from detector.errors import StateFormatError
+from detector.stream.scoring import score_batch
 from detector.stream.state import StreamStateTable, TableLayout
 from tests.stream.test_scoring import make_group, run_batches, synthetic_points
 
@@ -114,3 +115,109 @@ def test_empty_table_round_trips() -> None:
     table = StreamStateTable(LAYOUT, max_streams=10)
     back = StreamStateTable.from_bytes(table.to_bytes(), max_streams=10, now=0.0, layout=LAYOUT)
     assert len(back) == 0 and back.layout == LAYOUT
+
+
+def test_stream_index_equals_a_dict_through_inserts_removals_growth_and_compaction() -> None:
+    """The jitted index (hash table + key arena) against a plain dict: the same streams
+    get the same rows, through growth, removals (backward-shift deletion), row reuse and
+    arena compaction; ids of every length, non-ASCII and lone surrogates included."""
+    rng = np.random.default_rng(0)
+    table = StreamStateTable(LAYOUT, max_streams=5000, initial_capacity=2)
+    ref: dict[str, int] = {}
+    pool = ["", "a", "é", "\ud800", "x" * 300]
+    pool += [f"s{i}" * int(rng.integers(1, 4)) for i in range(3000)]
+    compacted = False
+    for round_ in range(12):
+        garbage = int(table._counters[1])
+        batch = [pool[i] for i in rng.integers(0, len(pool), 400)]
+        slots = table.slots(batch, now=float(round_))
+        compacted |= int(table._counters[1]) < garbage
+        for stream, slot in zip(batch, slots.tolist(), strict=True):
+            assert ref.setdefault(stream, slot) == slot  # same row for the same stream
+        assert len(set(ref.values())) == len(ref) == len(table)
+        for stream in rng.choice(sorted(ref), size=len(ref) // 3, replace=False).tolist():
+            table.remove(stream)
+            del ref[stream]
+        assert sorted(table) == sorted(ref)
+        assert {k: table.slot_of[k] for k in ref} == ref
+        assert all(stream not in table for stream in pool if stream not in ref)
+    assert compacted, "the arena was never compacted: the test proves less than it says"
+
+
+def test_rows_of_removed_streams_come_back_clean() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    [a] = table.slots(["a"], now=0.0)
+    table.offset[a] = 41
+    table.marks[a] = 255
+    table.remove("a")
+    [b] = table.slots(["b"], now=0.0)
+    assert b == a  # the freed row is reused, cleared
+    assert table.offset_of("b") == -1 and not table.marks[b].any()
+    with pytest.raises(KeyError):
+        table.remove("a")
+
+
+def test_dirty_and_removed_streams_are_reported_once() -> None:
+    scoring = ScoringSettings(warmup=2)
+    table, params, config = make_group(scoring, StreamSettings(), dtype="float32")
+    slots = table.slots(["a", "b", "c"], now=0.0)
+    assert table.take_dirty() == ["a", "b", "c"]  # new rows count as changed
+    assert table.take_dirty() == []
+    ts = np.array([10.0, 10.0, 10.0])
+    score_batch(table, params, config, slots[:2], ts[:2], np.ones((2, 1)))
+    assert sorted(table.take_dirty()) == ["a", "b"]
+    # A dropped point without an offset changes nothing.
+    score_batch(table, params, config, slots[:1], ts[:1], np.ones((1, 1)))
+    assert table.take_dirty() == []
+    table.slots(["c"], now=100.0)
+    assert table.evict_idle(now=100.0, ttl_s=50.0) == ["a", "b"]
+    assert table.take_removed() == ["a", "b"] and table.take_removed() == []
+    assert table.take_dirty() == []  # evicted streams are tombstones, not states
+    table.remove("c")
+    table.slots(["c", "a"], now=100.0)  # back after their removal: new states supersede
+    assert table.take_removed() == [] and sorted(table.take_dirty()) == ["a", "c"]
+
+
+def test_restored_streams_are_not_dirty_and_keep_offset_and_marks() -> None:
+    scoring = ScoringSettings(mode="zscore", warmup=4, threshold=0.05)
+    keys, ts, values = synthetic_points(np.random.default_rng(2), 300, n_streams=3, D=1)
+    table, params, config = make_group(scoring, StreamSettings(buffer_len=8), dtype="float32")
+    run_batches(table, params, config, keys, ts, values, 50, np.arange(300, dtype=np.int64))
+    for back in (
+        StreamStateTable.from_bytes(table.to_bytes(), max_streams=10, now=0.0),
+        _restored_one_by_one(table),
+    ):
+        assert back.take_dirty() == [] and back.take_removed() == []
+        for key in table:
+            assert back.offset_of(key) == table.offset_of(key) > 0
+            for got, want in zip(back.ring_window(key), table.ring_window(key), strict=True):
+                npt.assert_array_equal(got, want)
+    assert any(table.ring_window(k)[1].any() for k in table), "no marks: proves little"
+
+
+def _restored_one_by_one(table: StreamStateTable) -> StreamStateTable:
+    back = StreamStateTable(table.layout, max_streams=10)
+    for key in table:
+        back.restore_stream(key, table.stream_bytes(key), now=0.0)
+    return back
+
+
+def test_ring_window_is_oldest_first_after_the_ring_wraps() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=2)  # W = 8
+    [slot] = table.slots(["a"], now=0.0)
+    for n in range(11):  # as the kernel writes: entry n % W, then seen = n + 1
+        table.ring[slot, n % 8, 0] = n
+        table.marks[slot, 0] ^= np.uint8(1 << (n % 8)) if n % 3 == 0 else np.uint8(0)
+        table.seen[slot] = n + 1
+    inputs, marks = table.ring_window("a")
+    assert inputs[:, 0].tolist() == list(range(3, 11))
+    assert marks.tolist() == [bool((table.marks[slot, 0] >> (n % 8)) & 1) for n in range(3, 11)]
+    assert table.ring_window(slot)[0].shape == (8, 1)
+
+
+def test_state_of_format_version_1_is_refused_by_name() -> None:
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    table.slots(["a"], now=0.0)
+    good = table.stream_bytes("a")
+    with pytest.raises(StateFormatError, match="format version 1; this build reads 2"):
+        table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
