@@ -116,6 +116,7 @@ from machine import cpu_model, git_revision  # bench/ is the script's directory
 from detector.config import KafkaSettings
 from detector.io.formats import decode
 from detector.kafka import clients
+from detector.kafka.topics import wait_for_leaders
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
@@ -271,17 +272,7 @@ async def create_topics(bootstrap: str, names: list[str], partitions: int) -> No
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
-        async with asyncio.timeout(60):
-            while True:
-                described = await admin.describe_topics(names)
-                if all(
-                    d["error_code"] == 0
-                    and d["partitions"]
-                    and min(p["leader"] for p in d["partitions"]) >= 0
-                    for d in described
-                ):
-                    return
-                await asyncio.sleep(0.1)
+        await wait_for_leaders(admin, names)
     finally:
         await admin.close()
 

@@ -81,7 +81,7 @@ async def ensure_topics(admin: AIOKafkaAdminClient, k: KafkaSettings) -> int:
                     f"creating topic {topic} failed: {for_code(code).__name__} {message}"
                 )
         log.info("topics_created", topics=[t.name for t in missing], partitions=partitions)
-        await _wait_for_leaders(admin, [t.name for t in missing])
+        await wait_for_leaders(admin, [t.name for t in missing])
     changelog_partitions = (await describe_partitions(admin, [k.changelog]))[k.changelog]
     if changelog_partitions != partitions:
         raise TopicSetupError(
@@ -91,7 +91,7 @@ async def ensure_topics(admin: AIOKafkaAdminClient, k: KafkaSettings) -> int:
     return partitions
 
 
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
+async def wait_for_leaders(admin: AIOKafkaAdminClient, topics: list[str]) -> None:
     # The controller acknowledges a new topic before every broker serves it.
     async with asyncio.timeout(_LEADERS_TIMEOUT_S):
         while True:

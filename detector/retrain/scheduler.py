@@ -61,6 +61,9 @@ CALENDAR_NAMES = ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos")
 # to judge on: with fewer than this it is skipped whatever retraining.min_windows says.
 _FEWEST_WINDOWS = 3
 _HISTORY = 100  # results kept in Retrainer.history
+# A runner polls every batch; whether a run is due reads every row of the group's tables,
+# so that check is made at most this often (wall clock), never per batch.
+_DUE_CHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,7 @@ class Retrainer:
         self._own_executor = executor is None
         self._cancel = threading.Event()
         self._pending: list[RetrainResult] = []  # skipped in maybe_start, reported later
+        self._last_due_check = -float("inf")
         W, T = settings.streams.buffer_len, settings.training.window_len
         if self.config.enabled and W < T:
             log.warning(
@@ -241,6 +245,15 @@ class Retrainer:
             self._state[group.name].job = self._executor.submit(self._train, job)
             started.append(group.name)
         return started
+
+    async def poll(self, now: float, start: bool = True) -> list[RetrainResult]:
+        """For a runner, between every two batches: start due runs (``start``: this instance
+        trains), checked at most every ``_DUE_CHECK_S``; returns the finished runs, applied."""
+        mono = time.monotonic()
+        if start and mono - self._last_due_check >= _DUE_CHECK_S:
+            self._last_due_check = mono
+            await self.maybe_start(now)
+        return self.apply_finished()
 
     def apply_finished(self) -> list[RetrainResult]:
         """Put finished runs into effect (call between batches); returns their results,

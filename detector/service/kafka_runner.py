@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import time
 from collections.abc import Iterable, Sequence
@@ -46,6 +45,7 @@ from detector.kafka.topics import ensure_topics
 from detector.model.modelfile import ModelMetadata
 from detector.retrain.scheduler import Retrainer, RetrainResult, feature_names
 from detector.service.ops import Operations
+from detector.service.signals import ShutdownSignals
 from detector.stream.pipeline import BatchOutput, Pipeline
 
 log = structlog.get_logger(__name__)
@@ -84,8 +84,8 @@ class KafkaRunner:
         # Models are shared through the models topic: the instance that owns input partition
         # 0 retrains (from its own partitions' streams) and publishes; every instance swaps.
         self.retrainer = Retrainer(self.pipeline, settings)
-        self.should_exit = asyncio.Event()
-        self._signals = 0
+        self.signals = ShutdownSignals()
+        self.should_exit = self.signals.should_exit
         # Serialises batches, checkpoints and the rebalance callbacks, which aiokafka runs in
         # its own task: a partition is never checkpointed or dropped in the middle of a batch.
         self._lock = asyncio.Lock()
@@ -104,30 +104,16 @@ class KafkaRunner:
         self._dead_sink = (
             None if run.dead_letter == "kafka" else DeadLetterSink(run.dead_letter, k.input_topic)
         )
-        self.ready = False
         self.checkpoints = 0
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        log.info("shutdown_requested", signal=signal.Signals(signum).name, count=self._signals)
-        if self._signals > 1:
-            raise KeyboardInterrupt  # second signal: exit at once, no checkpoint
-        self.should_exit.set()
-
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        handled = (signal.SIGTERM, signal.SIGINT)
-        for sig in handled:
-            loop.add_signal_handler(sig, self._on_signal, sig)
         try:
-            async with self.ops:
+            async with self.signals, self.ops:
                 await self._run()
         finally:
             self.retrainer.close()
-            for sig in handled:
-                loop.remove_signal_handler(sig)
 
     async def _run(self) -> None:
         if not await self._connect():
@@ -391,7 +377,6 @@ class KafkaRunner:
     async def on_revoked(self, revoked: set[int]) -> None:
         async with self._lock:
             mine = revoked & self.owned
-            self.ready = False
             self.ops.ready(False, "rebalancing: partitions revoked")
             for p in mine:
                 self.ops.metrics.forget_partition(p)
@@ -422,7 +407,6 @@ class KafkaRunner:
                     if p not in self._txn:
                         self._txn[p] = await self._transactional_producer(p)
             self.owned |= assigned
-            self.ready = True
             self.ops.ready(True)
             log.info(
                 "partitions_assigned",
@@ -484,9 +468,7 @@ class KafkaRunner:
 
     async def _retrain(self, now: float) -> None:
         """The owner of partition 0 retrains; accepted models go out on the models topic."""
-        if 0 in self.owned:
-            await self.retrainer.maybe_start(now)
-        results = self.retrainer.apply_finished()
+        results = await self.retrainer.poll(now, start=0 in self.owned)
         self.ops.retrained(results)
         for r in results:
             log.info("retraining_finished", **r.as_dict())

@@ -9,7 +9,6 @@ SIGINT finishes the batch in hand, checkpoints and returns; a second signal stop
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -18,12 +17,13 @@ from pathlib import Path
 import structlog
 
 from detector.config import Settings
-from detector.errors import InputFileError, StateFormatError
+from detector.errors import ConfigError, InputFileError, StateFormatError
 from detector.io.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from detector.io.files import DeadLetterSink, FileSource, LineSink, StdinSource
 from detector.retrain.registry import ModelRegistry, models_dir
 from detector.retrain.scheduler import Retrainer
 from detector.service.ops import Operations
+from detector.service.signals import ShutdownSignals
 from detector.stream.pipeline import Counters, Pipeline
 
 log = structlog.get_logger(__name__)
@@ -50,28 +50,15 @@ class Runner:
         directory = models_dir(settings)
         self.registry = ModelRegistry(directory) if directory is not None else None
         self.retrainer = Retrainer(self.pipeline, settings, self.registry)
-        self.should_exit = asyncio.Event()
-        self._signals = 0
-
-    def _on_signal(self, signum: int) -> None:
-        self._signals += 1
-        log.info("shutdown_requested", signal=signal.Signals(signum).name, count=self._signals)
-        if self._signals > 1:
-            raise KeyboardInterrupt  # second signal: force exit, no checkpoint
-        self.should_exit.set()
+        self.signals = ShutdownSignals()
+        self.should_exit = self.signals.should_exit
 
     async def run(self) -> RunSummary:
-        loop = asyncio.get_running_loop()
-        handled = (signal.SIGTERM, signal.SIGINT)
-        for sig in handled:
-            loop.add_signal_handler(sig, self._on_signal, sig)
         try:
-            async with self.ops:
+            async with self.signals, self.ops:
                 return await self._run()
         finally:
             self.retrainer.close()
-            for sig in handled:
-                loop.remove_signal_handler(sig)
 
     def _restore(self) -> Checkpoint | None:
         state_dir = self.settings.state.dir
@@ -91,7 +78,7 @@ class Runner:
         if spec == "stdin":
             return StdinSource()
         if spec == "kafka":
-            raise NotImplementedError("source = 'kafka' needs the Kafka service (issue 4)")
+            raise ConfigError("run.source = 'kafka' is served by KafkaRunner, not Runner")
         path = Path(spec.removeprefix("file:"))
         start = 0
         if saved is not None and saved.source == FileSource.name_of(path):
@@ -141,8 +128,7 @@ class Runner:
 
     async def _retrain(self) -> None:
         """Start due runs in the thread pool; swap in finished ones (between batches)."""
-        await self.retrainer.maybe_start(time.time())
-        results = self.retrainer.apply_finished()
+        results = await self.retrainer.poll(time.time())
         for r in results:
             log.info("retraining_finished", **r.as_dict())
         self.ops.retrained(results)
