@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,10 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from detector.config import TrainingSettings
+    from detector.io.series_files import Series
     from detector.model.params import LSTMParams
     from detector.retrain.registry import ModelRegistry
+    from detector.retrain.topic_source import TopicRange
     from detector.stream.pipeline import ModelGroup
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -63,27 +65,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser(
         "train",
-        help="train a model offline on CSV or JSON-lines files and write a model file",
-        description="Train the LSTM by BPTT on windows cut from the input series.",
+        help="train a model offline on files or a Kafka topic and write a model file",
+        description="Train the LSTM by BPTT on windows cut from the input series, read from "
+        "files or from a range of a Kafka topic.",
     )
-    train.add_argument(
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--input",
         nargs="+",
-        required=True,
         type=Path,
         metavar="PATH",
         help="CSV (timestamp,value[,...]) or JSON-lines files",
+    )
+    source.add_argument(
+        "--from-topic",
+        nargs="?",
+        const="",
+        metavar="TOPIC",
+        help="read the points of --group's streams from a Kafka topic, decoded in run.format "
+        "(default topic: kafka.input_topic); without a range, the whole topic up to its end "
+        "at start",
+    )
+    window = train.add_argument_group(
+        "topic range (with --from-topic; times are Kafka record timestamps, ends exclusive)"
+    )
+    window.add_argument("--from-time", metavar="TIME", help="RFC 3339 or epoch seconds")
+    window.add_argument("--to-time", metavar="TIME", help="RFC 3339 or epoch seconds")
+    window.add_argument(
+        "--last", metavar="DURATION", help="the last DURATION up to now (6h, 90m, 2d, 1w)"
+    )
+    window.add_argument(
+        "--from-offset",
+        metavar="SPEC",
+        help="N (every partition) or P:N[,P:N...] (those partitions; others from their start)",
+    )
+    window.add_argument(
+        "--to-offset",
+        metavar="SPEC",
+        help="N or P:N[,P:N...], exclusive (partitions not listed: up to their end)",
     )
     train.add_argument("--out", type=Path, metavar="FILE", help="model file (.npz)")
     train.add_argument(
         "--publish",
         action="store_true",
-        help="publish the model into the registry as the group's current version",
+        help="make the model the group's current version: on the models topic with "
+        "--from-topic or run.source = kafka, else in the model registry",
     )
     train.add_argument(
         "--group",
         default="default",
-        help="--publish: the model group (its sizes, fields and calendar) (default: default)",
+        help="the model group (its sizes, fields and calendar) for --publish, and whose "
+        "streams --from-topic reads (default: default)",
     )
     _add_models_dir_flag(train)
     _add_config_flag(train)
@@ -261,19 +293,108 @@ def _cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    if args.out is None and not args.publish:
+        raise ConfigError("train: give --out FILE, --publish, or both")
+    if args.from_topic is None:
+        flags = ("from_time", "to_time", "last", "from_offset", "to_offset")
+        given = [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f) is not None]
+        if given:
+            raise ConfigError(f"train: {', '.join(given)} only go with --from-topic")
+    # Models go where a daemon of this configuration reads them: the models topic in Kafka
+    # mode, the local registry in embedded mode.
+    to_topic = args.publish and (args.from_topic is not None or settings.run.source == "kafka")
+    registry = _registry(args, settings) if args.publish and not to_topic else None
+    if args.from_topic is None:
+        from detector.io.series_files import read_series
+
+        series = [s for path in args.input for s in read_series(path)]
+        source: dict[str, Any] = {"inputs": [str(p) for p in args.input]}
+    else:
+        series, source = _topic_series(args, settings)
+    return _train(series, source, args, settings, registry, to_topic)
+
+
+def _topic_series(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[list[Series], dict[str, Any]]:
+    """The series of --group's streams in the range of the topic the flags select."""
+    from detector.retrain.topic_source import read_topic_series
+    from detector.stream.routing import Router
+
+    topic = args.from_topic or settings.kafka.input_topic
+    selection = _topic_range(args)
+    router = Router(settings.groups)
+    group = _model_group(settings, args.group)
+
+    def keep(name: str, tags: str, field: str) -> bool:
+        route = router.route(name, tags, field)
+        return route is not None and route.group == group.index
+
+    series, report = read_topic_series(settings.kafka, topic, settings.run.format, selection, keep)
+    return series, {"inputs": [f"kafka:{topic}"], "topic": report.as_dict()}
+
+
+def _topic_range(args: argparse.Namespace) -> TopicRange:
+    import time
+
+    from detector.retrain.topic_source import (
+        TopicRange,
+        parse_duration,
+        parse_offsets,
+        parse_time,
+    )
+
+    def parsed(flag: str, parse: Callable[[str], Any]) -> Any:
+        text = getattr(args, flag)
+        if text is None:
+            return None
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise ConfigError(f"--{flag.replace('_', '-')}: {exc}") from None
+
+    from_time = parsed("from_time", parse_time)
+    last = parsed("last", parse_duration)
+    if last is not None:
+        if from_time is not None:
+            raise ConfigError("--last and --from-time: give one of them")
+        from_time = time.time() - last
+    selection = TopicRange(
+        from_time=from_time,
+        to_time=parsed("to_time", parse_time),
+        from_offset=parsed("from_offset", parse_offsets),
+        to_offset=parsed("to_offset", parse_offsets),
+    )
+    if (
+        selection.from_time is not None
+        and selection.to_time is not None
+        and selection.from_time >= selection.to_time
+    ):
+        raise ConfigError("--to-time: must be later than --from-time (or now minus --last)")
+    return selection
+
+
+def _train(
+    series: list[Series],
+    source: dict[str, Any],
+    args: argparse.Namespace,
+    settings: Settings,
+    registry: ModelRegistry | None,
+    to_topic: bool,
+) -> int:
+    """Train on ``series`` (from files or a topic: the same path from here on) and write
+    or publish the model."""
     # Imported here so `detector --help` and `config show` do not pay for numba's start-up.
     from tqdm import tqdm
 
-    from detector.io.series_files import read_series
     from detector.model.dataset import MIN_STD, windows_from_series
     from detector.model.modelfile import ModelMetadata, save_model
     from detector.model.params import LSTMParams, make_shape
     from detector.model.train import EpochStats, train, validation_count
 
-    if args.out is None and not args.publish:
-        raise ConfigError("train: give --out FILE, --publish, or both")
-    registry = _registry(args, settings) if args.publish else None
-    series = [s for path in args.input for s in read_series(path)]
+    # One order whatever the order of the files or the topic's partitions: the windows'
+    # order decides the seeded split and shuffles.
+    series = sorted(series, key=lambda s: s.name)
     tcfg, mcfg = settings.training, settings.model
     normalization: dict[str, Any] = {"method": "per_series_standardize", "min_std": MIN_STD}
     if args.publish:
@@ -347,7 +468,7 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     training: dict[str, Any] = {
         "report": report.to_dict(),
         "settings": tcfg.model_dump(mode="json"),
-        "inputs": [str(p) for p in args.input],
+        **source,
         "series": len(series),
         "windows": len(windows),
     }
@@ -369,6 +490,15 @@ def _cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         )
     if registry is not None:
         _publish(registry, args.group, params, windows, features, normalization, training, tcfg)
+    if to_topic:
+        from detector.retrain.topic_publish import publish_to_models_topic
+
+        publish_to_models_topic(
+            settings.kafka,
+            args.group,
+            params.astype(np.float32),  # as it serves
+            ModelMetadata(feature_names=features, normalization=normalization, training=training),
+        )
     return EXIT_OK
 
 

@@ -11,10 +11,10 @@ threshold (or a non-finite input): an anomaly must not become what the model exp
 Except when it persists. The scorer's error statistics do not learn from points that exceed
 the threshold, so after a change of behaviour (a new level, a new seasonality) a stream's
 points keep exceeding until the model learns the new behaviour; leaving them out would mean
-it never does. So a ring in which more than ``persistent`` (default half) of the buffered
-points are flagged is taken as a stream whose normal has changed: its flags are ignored and
-its windows are used. Transient anomalies (a spike, an incident shorter than W/2 points)
-stay out.
+it never does. So a ring in which more than ``persistent`` of the buffered points are flagged
+(``retraining.persistent_fraction``, default half) is taken as a stream whose normal has
+changed: its flags are ignored and its windows are used. Transient anomalies (a spike, an
+incident shorter than W/2 points) stay out.
 """
 
 from __future__ import annotations
@@ -27,9 +27,6 @@ from numpy.typing import NDArray
 from detector.model.dataset import usable_starts
 
 Ring = tuple[NDArray[np.floating], NDArray[np.bool_]]  # (inputs (n, n_inputs), anomalous (n,))
-
-# Above this fraction of flagged points a ring's flags are ignored (module docstring).
-PERSISTENT_FRACTION = 0.5
 
 
 def count_windows(n_points: NDArray[np.integer], window_len: int, stride: int) -> int:
@@ -45,7 +42,7 @@ def windows_from_rings(
     stride: int,
     max_windows: int,
     rng: np.random.Generator,
-    persistent: float = PERSISTENT_FRACTION,
+    persistent: float = 0.5,
 ) -> NDArray[np.floating]:
     """(N, window_len, n_inputs) windows cut from the rings, anomalous ones left out
     (unless more than ``persistent`` of a ring is flagged: module docstring); when more
@@ -54,6 +51,8 @@ def windows_from_rings(
     stays valid while the scorer goes on writing the rings."""
     if max_windows < 1:
         raise ValueError(f"max_windows is {max_windows}; expected at least 1")
+    if not 0 < persistent <= 1:
+        raise ValueError(f"persistent is {persistent}; expected a fraction in (0, 1]")
     which: list[NDArray[np.int64]] = []
     starts: list[NDArray[np.int64]] = []
     n_inputs, dtype = -1, np.dtype(np.float32)

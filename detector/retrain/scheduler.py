@@ -295,7 +295,12 @@ class Retrainer:
         rng = np.random.default_rng(seeds)
         rings, data = self._collect(group, rng)
         windows = windows_from_rings(
-            rings, tcfg.window_len, tcfg.stride, self.config.max_windows, rng
+            rings,
+            tcfg.window_len,
+            tcfg.stride,
+            self.config.max_windows,
+            rng,
+            persistent=self.config.persistent_fraction,
         )
         if len(windows) < self._fewest():
             st.cold_estimate = estimate

@@ -12,6 +12,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from detector.cli import build_parser
 from detector.config import load_settings
 from tests.deploy.conftest import K8S_DIR, REPO, kustomize_build
 
@@ -59,7 +60,6 @@ def test_manifests_pass_the_kubernetes_schemas(docs: list[dict[str, Any]]) -> No
         [
             "ConfigMap",
             "CronJob",
-            "PersistentVolumeClaim",
             "PersistentVolumeClaim",
             "PodDisruptionBudget",
             "Service",
@@ -181,16 +181,19 @@ def test_resources_security_and_services(docs: list[dict[str, Any]]) -> None:
 def test_training_cronjob(docs: list[dict[str, Any]]) -> None:
     cronjob = _one(docs, "CronJob", "detector-train")
     container = _container(cronjob)
-    args = container["args"]
-    assert args[0] == "train"
-    assert args[args.index("--input") + 1].startswith("/data/training/")
-    assert args[args.index("--out") + 1].startswith("/models/")
+    args = build_parser().parse_args(container["args"])  # the CLI takes its command line
+    assert args.command == "train"
+    # The input topic (kafka.input_topic), a recent range, onto the models topic.
+    assert args.from_topic == "" and args.last is not None and args.publish
+    assert str(args.out).startswith("/models/")
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/data/training"]["readOnly"] is True
+    assert mounts["/models"]["name"] == "models"
     claims = {
         v["persistentVolumeClaim"]["claimName"]
         for v in cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["volumes"]
         if "persistentVolumeClaim" in v
     }
     assert claims == {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    # The pods' Kafka settings and credentials.
+    assert container["envFrom"] == _container(_one(docs, "StatefulSet", "detector"))["envFrom"]
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"

@@ -104,3 +104,9 @@ def test_a_ring_flagged_mostly_is_a_new_normal_and_is_used():
     assert w[:, -1, 0].max() < 12
     strict = windows_from_rings([(inputs, changed)], 4, 2, 1000, np.random.default_rng(0), 1.0)
     assert strict[:, -1, 0].max() < 8
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.01])
+def test_persistent_must_be_a_fraction(bad: float) -> None:
+    with pytest.raises(ValueError, match="expected a fraction in \\(0, 1\\]"):
+        windows_from_rings([(ring(9), np.zeros(9, bool))], 4, 1, 10, np.random.default_rng(0), bad)
