@@ -2,8 +2,9 @@
 and batched NumPy doing only the LSTM step with the same gather and scatter, in one run.
 
 Setting (from the issue): H = 32, 1 layer, 1 value per point, no calendar inputs, buffer
-W = 256, zscore mode with default settings, float32, persistence weights
-(``LSTMParams.init_persistence``), ONE thread for everything (Numba, BLAS, PyTorch).
+W = 256, the default scoring settings (likelihood mode, novelty score on), float32,
+persistence weights (``LSTMParams.init_persistence``), ONE thread for everything (Numba,
+BLAS, PyTorch).
 The table holds ``--streams`` streams (default 1,000,000), created through ``table.slots``
 with ids like "host-000123.cpu" and each touched once by the kernel, so that every row is
 resident as in a long-running process; then every stream is put into steady state (past
@@ -210,7 +211,10 @@ class Group:
         of a point is |x_t - x_{t-1}| in std units (mean ~1.13). Each stream comes back
         every ~n points on average, so its usual interval is n * DT_POINT."""
         t = self.table
-        t.seen[:n] = 10 * self.config.vector[scoring.C_WARMUP] + 1000
+        # Ring positions (seen % W) spread as in a long run: the same one for every stream
+        # would put all ring writes in the same cache sets, a layout no real run has.
+        ages = np.random.default_rng(54321).integers(0, 1 << 16, n)
+        t.seen[:n] = 10 * self.config.vector[scoring.C_WARMUP] + 1000 + ages
         t.x_mean[:n] = 0.0
         t.x_var[:n] = 1.0
         t.err[:n, ERR_SMOOTH] = 1.13
@@ -470,6 +474,7 @@ class KernelDirectPath(KernelPath):
             rec_q,
             rec_w,
             cols,
+            t.offset,
             t.hc,
             t.ring,
             t.marks,

@@ -70,23 +70,29 @@ class ScoringSettings(_Section):
     """How prediction errors become scores in [0, 1] and alerts (detector.stream.scoring)."""
 
     mode: Literal["zscore", "dynamic", "likelihood"] = Field(
-        "zscore",
+        "likelihood",
         description="zscore: smoothed error against its running distribution; dynamic: the "
         "nonparametric threshold of Hundman et al. (2018); likelihood: tail probability of the "
         "short-term mean error under the long-term error distribution",
     )
     threshold: float = Field(0.5, gt=0, le=1, description="alert when score >= threshold")
-    warmup: int = Field(100, ge=0, description="points of a stream before it may alert")
+    warmup: int = Field(200, ge=0, description="points of a stream before it may alert")
     error_span: int = Field(5, ge=1, description="EWMA span of the smoothed error")
     stats_span: int = Field(2000, ge=2, description="EWMA span of the normal-error statistics")
-    min_error_std: float = Field(0.01, gt=0, description="floor of the error spread")
-    short_span: int = Field(10, ge=1, description="likelihood: span of the short-term mean")
+    min_error_std: float = Field(0.5, gt=0, description="floor of the error spread")
+    short_span: int = Field(8, ge=1, description="likelihood: span of the short-term mean")
     dynamic_window: int = Field(256, ge=8, le=65_536, description="dynamic: errors per window")
     dynamic_refresh: int = Field(16, ge=1, description="dynamic: points between recomputations")
     dynamic_prune: float = Field(0.13, ge=0, lt=1, description="dynamic: minimum decrease p")
     hysteresis_k: int = Field(1, ge=1, le=32, description="alert when k of the last n exceed")
     hysteresis_n: int = Field(1, ge=1, le=32)
-    cooldown: int = Field(10, ge=0, description="points after an alert without another")
+    cooldown: int = Field(100, ge=0, description="points after an alert without another")
+    novelty_scale: float = Field(
+        0.02,
+        ge=0,
+        description="score at least r / (r + novelty_scale), r = how far a value lies outside "
+        "the range of the stream's earlier values, in units of that range; 0: off",
+    )
 
     @model_validator(mode="after")
     def _k_of_n(self) -> ScoringSettings:
@@ -113,7 +119,7 @@ class StreamSettings(_Section):
     gap_factor: float = Field(
         10.0, gt=1, description="a gap is longer than this many usual intervals"
     )
-    gap_policy: Literal["reset", "continue"] = "reset"
+    gap_policy: Literal["reset", "continue"] = "continue"
 
 
 class GroupSettings(_Section):
@@ -206,6 +212,13 @@ class KafkaSettings(_Section):
         "earliest", description="where a group with no committed offset starts"
     )
     request_timeout_ms: int = Field(30_000, ge=1000)
+    max_batch_bytes: int = Field(
+        512 * 1024,
+        ge=16 * 1024,
+        le=64 * 1024 * 1024,
+        description="largest record batch the producers build; at most the broker's "
+        "message.max.bytes",
+    )
     retry_backoff_s: float = Field(1.0, gt=0, description="first wait after a failed connect")
     retry_backoff_max_s: float = Field(30.0, gt=0, description="longest wait between connects")
     exactly_once: bool = Field(
@@ -267,6 +280,13 @@ class RetrainingSettings(_Section):
     max_windows: int = Field(4096, ge=2, description="windows sampled per run, at most")
     tolerance: float = Field(
         0.0, ge=0, description="a candidate must beat the current loss by this fraction"
+    )
+    persistent_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="a stream with more than this fraction of its buffer flagged anomalous "
+        "has a new normal: its windows are trained on, flags ignored; 1: never",
     )
     threads: int = Field(1, ge=1, le=64, description="training threads (nogil kernels)")
     models_dir: str = Field(

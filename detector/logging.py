@@ -8,7 +8,8 @@ at start.
 
 ``RateLimitedLog`` keeps per-stream events (a stream sending NaN, a refused new stream) from
 flooding the log: one line per event and key per interval, with the count of the lines it
-held back.
+held back. ``LibraryRateLimit`` does the same for a library's repeated message (aiokafka
+retrying a missing topic logs a line per retry, about a thousand a second).
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> No
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
-    foreign = [*shared, _library_event] if as_json else shared
+    foreign: list[structlog.types.Processor] = [
+        *shared,
+        structlog.stdlib.ExtraAdder(allow=["suppressed"]),
+    ]
+    if as_json:
+        foreign.append(_library_event)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -62,6 +68,7 @@ def configure_logging(settings: LogSettings, stream: TextIO | None = None) -> No
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)
+    handler.addFilter(LibraryRateLimit())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=foreign,
@@ -185,3 +192,26 @@ class RateLimitedLog:
 
     def error(self, event: str, key: str, **fields: Any) -> bool:
         return self.log(logging.ERROR, event, key, **fields)
+
+
+class LibraryRateLimit(logging.Filter):
+    """Lets a library's (stdlib) record through at most once per logger and message template
+    every ``every_s`` seconds; the next one that passes carries ``suppressed=N``. The
+    project's own structlog records pass untouched (their rate limits are RateLimitedLog's)."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        # Only its allow() is used: what passes goes on down the handler, not to a logger.
+        self._limit = RateLimitedLog(
+            logging.getLogger(__name__), every_s=every_s, max_per_interval=1000, clock=clock
+        )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, dict):  # structlog's own event, wrapped for the formatter
+            return True
+        extra = self._limit.allow(LIBRARY_EVENT, f"{record.name}\0{record.msg}")
+        if extra is None:
+            return False
+        if extra.get("suppressed"):
+            record.suppressed = extra["suppressed"]
+        return True

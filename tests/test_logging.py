@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from detector.config import LogSettings
-from detector.logging import LIBRARY_EVENT, RateLimitedLog, configure_logging
+from detector.logging import LIBRARY_EVENT, LibraryRateLimit, RateLimitedLog, configure_logging
 from tests.service.clock import FakeClock
 
 
@@ -151,3 +151,32 @@ def test_with_a_real_structlog_logger() -> None:
 def test_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="every_s"):
         RateLimitedLog(_Recorder(), every_s=0)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_library_repeating_itself_is_held_back_and_counted() -> None:
+    out = io.StringIO()
+    configure_logging(LogSettings(format="json", level="info"), stream=out)
+    fetcher = logging.getLogger("aiokafka.consumer.fetcher")
+    for _ in range(1000):  # a retry loop: same template, changing arguments
+        fetcher.warning("Topic %s is not available during auto-create", "metrics")
+    fetcher.error("Unexpected error in fetcher")  # another message: not held back
+    structlog.get_logger("detector").warning("batch_slow", seconds=2)
+    lines = _lines(out)
+    assert [x.get("message", x["event"]) for x in lines] == [
+        "Topic metrics is not available during auto-create",
+        "Unexpected error in fetcher",
+        "batch_slow",
+    ]
+
+
+def test_the_library_limit_reports_what_it_held_back() -> None:
+    now = [0.0]
+    limit = LibraryRateLimit(every_s=10.0, clock=lambda: now[0])
+    record = logging.LogRecord("aiokafka", logging.WARNING, "f", 1, "Topic %s gone", ("t",), None)
+    assert limit.filter(record) and not hasattr(record, "suppressed")
+    assert not any(limit.filter(record) for _ in range(5))
+    now[0] = 10.0
+    assert limit.filter(record) and record.suppressed == 5
+    event = logging.LogRecord("detector", logging.INFO, "f", 1, {"event": "x"}, None, None)
+    assert all(limit.filter(event) for _ in range(3))  # structlog's own events pass

@@ -28,11 +28,19 @@ def make_input(path: Path, n: int = 400) -> list[bytes]:
     return lines
 
 
-def detector(*args: str, stdin: bytes | None = None, cwd: Path) -> subprocess.CompletedProcess:
+def detector(
+    *args: str, stdin: bytes | None = None, cwd: Path, spike_scoring: bool = True
+) -> subprocess.CompletedProcess:
     # Retraining off: it runs in a thread, so when it lands in a replay would vary by run.
     env = {
         **os.environ,
         "DETECTOR_SCORING__WARMUP": "50",
+        # One alert per spike: the z-score with a tight error floor, without the novelty
+        # score (Gaussian noise reaches new extremes by chance).
+        **({"DETECTOR_SCORING__MODE": "zscore"} if spike_scoring else {}),
+        "DETECTOR_SCORING__MIN_ERROR_STD": "0.01",
+        "DETECTOR_SCORING__COOLDOWN": "10",
+        "DETECTOR_SCORING__NOVELTY_SCALE": "0",
         "DETECTOR_LOG__FORMAT": "json",
         "DETECTOR_RETRAINING__ENABLED": "false",
     }
@@ -139,6 +147,6 @@ def test_sigterm_while_following_checkpoints_and_exits_cleanly(tmp_path: Path) -
 def test_invalid_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('[scoring]\nmode = "magic"\n')
-    done = detector("--config", str(cfg), cwd=tmp_path)
+    done = detector("--config", str(cfg), cwd=tmp_path, spike_scoring=False)
     assert done.returncode == 2
     assert b"scoring.mode" in done.stderr

@@ -72,6 +72,7 @@ def producer(k: KafkaSettings, transactional_id: str | None = None) -> AIOKafkaP
         enable_idempotence=True,
         transactional_id=transactional_id,
         linger_ms=5,
+        max_batch_size=k.max_batch_bytes,
         compression_type=None,
     )
 

@@ -291,11 +291,11 @@ class KafkaRunner:
     async def _send_states(self, outbox: Outbox, partitions: Iterable[int]) -> int:
         n = 0
         for p in partitions:
-            for group, stream, state in self.pipeline.changed_streams(p):
-                await outbox.send(
-                    self.kafka.changelog, state, key=changelog_key(group, stream), partition=p
-                )
-                n += 1
+            records = [
+                (changelog_key(g, s), state) for g, s, state in self.pipeline.changed_streams(p)
+            ]
+            await outbox.send_all(self.kafka.changelog, p, records)
+            n += len(records)
         return n
 
     async def _checkpoint(self, partitions: Iterable[int], final: bool = False) -> None:

@@ -106,9 +106,10 @@ class BatchOutput:
 class _Points:
     """Points of one group in one batch, gathered before the kernel call."""
 
+    vector: bool  # the group's layout is "vector": a sample's fields form one point
     streams: list[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
-    values: list[list[float]] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)  # flat: n_values per point
     offsets: list[int] = field(default_factory=list)  # input offset of each point's message
 
 
@@ -212,52 +213,60 @@ class Pipeline:
         (counted as ``replayed``): a replay after a crash never steps h and c twice.
         """
         out = BatchOutput(scores=[] if keep_scores else None)
-        points = [_Points() for _ in self.groups]
+        points = [_Points(g.settings.layout == "vector") for g in self.groups]
         self.counters.messages += len(messages)
         if offsets is not None and len(offsets) != len(messages):
             raise ValueError(f"{len(offsets)} offsets for {len(messages)} messages")
-        for index, payload in enumerate(messages):
-            offset = -1 if offsets is None else offsets[index]
-            reasons = self._gather(payload, now, points, offset)
-            if reasons:
-                self.counters.decode_errors += len(reasons)
-                out.dead_letters.append(DeadLetter(bytes(payload), reasons, index))
+        self._gather(messages, now, offsets, points, out)
         for group, pts in zip(self.groups, points, strict=True):
             if pts.streams:
                 self._score(group, pts, now, partition, out)
         return out
 
-    def _gather(self, payload: bytes, now: float, points: list[_Points], offset: int) -> list[str]:
-        decoded = decode(payload, self.format, now=now)
-        reasons = decoded.errors
-        route = self.router.route
-        for sample in decoded.samples:
-            vectors_done: set[int] = set()
-            for name, value in sample.values.items():
-                r = route(sample.name, sample.tags, name)
-                if r is None:
-                    continue
-                if len(r.stream.encode()) > MAX_STREAM_ID_BYTES:
-                    reasons.append(f"stream id longer than {MAX_STREAM_ID_BYTES} bytes")
-                    break
-                group = self.groups[r.group]
-                pts = points[r.group]
-                if group.n_values == 1 and group.settings.layout == "per_field":
-                    row = [value]
-                elif r.group in vectors_done:
-                    continue
-                else:
-                    vectors_done.add(r.group)
-                    try:
-                        row = [sample.values[f] for f in group.field_names]
-                    except KeyError:
-                        self.counters.incomplete += 1
+    def _gather(
+        self,
+        messages: Sequence[bytes],
+        now: float,
+        offsets: Sequence[int] | None,
+        points: list[_Points],
+        out: BatchOutput,
+    ) -> None:
+        """Decode every message and sort its points by group; the one Python loop per point,
+        so it is kept lean (routes are cached, per-field points take the short branch)."""
+        route, fmt = self.router.route, self.format
+        for index, payload in enumerate(messages):
+            decoded = decode(payload, fmt, now=now)
+            reasons = decoded.errors
+            offset = -1 if offsets is None else offsets[index]
+            for sample in decoded.samples:
+                name, tags, ts, values = sample.name, sample.tags, sample.ts, sample.values
+                vectors_done: list[int] = []
+                for field_name, value in values.items():
+                    r = route(name, tags, field_name)
+                    if r is None:
                         continue
-                pts.streams.append(r.stream)
-                pts.ts.append(sample.ts)
-                pts.values.append(row)
-                pts.offsets.append(offset)
-        return reasons
+                    if r.id_bytes > MAX_STREAM_ID_BYTES:
+                        reasons.append(f"stream id longer than {MAX_STREAM_ID_BYTES} bytes")
+                        break
+                    pts = points[r.group]
+                    if not pts.vector:
+                        pts.values.append(value)
+                    elif r.group in vectors_done:
+                        continue
+                    else:
+                        vectors_done.append(r.group)
+                        try:
+                            row = [values[f] for f in self.groups[r.group].field_names]
+                        except KeyError:
+                            self.counters.incomplete += 1
+                            continue
+                        pts.values.extend(row)
+                    pts.streams.append(r.stream)
+                    pts.ts.append(ts)
+                    pts.offsets.append(offset)
+            if reasons:
+                self.counters.decode_errors += len(reasons)
+                out.dead_letters.append(DeadLetter(bytes(payload), reasons, index))
 
     def _score(
         self, group: ModelGroup, pts: _Points, now: float, partition: int, out: BatchOutput
@@ -379,7 +388,7 @@ class Pipeline:
             if table is None:
                 continue
             changed += [(group.name, s, None) for s in table.take_removed()]
-            changed += [(group.name, s, table.stream_bytes(s)) for s in table.take_dirty()]
+            changed += [(group.name, s, state) for s, state in table.take_dirty_states()]
         return changed
 
     def restore_streams(

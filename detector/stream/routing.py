@@ -29,6 +29,11 @@ _CACHE_LIMIT = 1 << 20  # resolved (name, tags, field) triples kept; cleared whe
 class Route:
     group: int  # index into Router.groups
     stream: str  # the stream id within that group
+    id_bytes: int  # len of the id in UTF-8, checked against the pipeline's limit per point
+
+    @classmethod
+    def to(cls, group: int, stream: str) -> Route:
+        return cls(group, stream, len(stream.encode("utf-8", "surrogatepass")))
 
 
 def _matcher(group: GroupSettings) -> Callable[[str], bool]:
@@ -72,12 +77,12 @@ class Router:
             if group.layout == "vector":
                 vid = vector_id(name, tags)
                 if field in group.fields and matches(vid):
-                    return Route(index, vid)
+                    return Route.to(index, vid)
             else:
                 sid = stream_id(name, tags, field)
                 if matches(sid):
-                    return Route(index, sid)
+                    return Route.to(index, sid)
         group = self.groups[self.default]
         if group.layout == "vector":
-            return Route(self.default, vector_id(name, tags)) if field in group.fields else None
-        return Route(self.default, stream_id(name, tags, field))
+            return Route.to(self.default, vector_id(name, tags)) if field in group.fields else None
+        return Route.to(self.default, stream_id(name, tags, field))

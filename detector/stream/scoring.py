@@ -18,15 +18,23 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t;
    dynamic     0.5 s_t / eps (capped at 1), eps the stream's dynamic threshold, and a run
                above eps that pruning removes does not exceed.
+   With ``novelty_scale`` c > 0 the score is at least the novelty score r / (r + c), where
+   r = max_d max(x_t,d - hi_d, lo_d - x_t,d, 0) / max(hi_d - lo_d, min_std) is how far x_t
+   lies outside the range [lo, hi] of the stream's earlier raw values, in units of that
+   range (values never seen before; Numenta's "spatial anomaly", the idea of CAD OSE's
+   novel contexts). The range learns every point, anomalies included (step 6), so a
+   recurring excursion is novel once. The dynamic mode's point also exceeds when the
+   novelty score reaches the threshold.
    The point exceeds when score >= threshold. The normal-error statistics (m, v²) learn
    only from points that do not exceed (all points during warm-up), and not in the first
    half of warm-up, while the input statistics are still settling.
 5. It alerts when it exceeds, the stream is past warm-up, at least k of its last n points
    exceeded, and no cooldown runs; an alert starts a cooldown of ``cooldown`` points.
 6. The input statistics learn x_t, robustly: a deviation beyond norm_clip std counts as
-   norm_clip std. The model input [x̃_t, calendar features] enters the ring buffer, with a
-   mark when the point exceeded (retraining leaves marked inputs out), and one LSTM step;
-   the head writes ŷ_{t+1}. The stream's row counts as changed (``table.take_dirty``).
+   norm_clip std; the range [lo, hi] widens to take x_t in (done in the first pass).
+   The model input [x̃_t, calendar features] enters the ring buffer, with a mark when
+   the point exceeded (retraining leaves marked inputs out), and one LSTM step; the head
+   writes ŷ_{t+1}. The stream's row counts as changed (``table.take_dirty``).
 
 Points of one batch are processed in waves: wave k holds the k-th point of every stream in
 the batch (a point whose stream already has one in the wave waits for the next), so every
@@ -124,7 +132,8 @@ C_MIN_STD = 15
 C_GAP_FACTOR = 16
 C_GAP_RESET = 17
 C_CALENDAR = 18
-N_CONFIG = 19
+C_NOVELTY = 19
+N_CONFIG = 20
 
 
 def span_alpha(span: int) -> float:
@@ -162,6 +171,7 @@ class ScoringConfig:
         v[C_GAP_FACTOR] = streams.gap_factor
         v[C_GAP_RESET] = streams.gap_policy == "reset"
         v[C_CALENDAR] = calendar
+        v[C_NOVELTY] = scoring.novelty_scale
         v.flags.writeable = False
         return cls(v)
 
@@ -197,6 +207,8 @@ def _reset_row(s, rec_f, rec_w, cols, hc, ring, marks, err_ring, flags):  # type
         rec_f[s, cols[F_X_MEAN] + d] = 0.0
         rec_f[s, cols[F_X_VAR] + d] = 0.0
         rec_f[s, cols[F_PRED] + d] = 0.0
+        rec_f[s, cols[F_X_MIN] + d] = 0.0
+        rec_f[s, cols[F_X_MAX] + d] = 0.0
     rec_w[s, cols[F_HIST]] = 0
     rec_w[s, cols[F_COOLDOWN]] = 0
     hc[s] = 0.0
@@ -240,7 +252,8 @@ def scratch_sizes(B: int, shape: ModelShape, E: int):  # type: ignore[no-untyped
         + _pad(CHUNK * K)  # q
     )
     ints = 2 * B + 4 * CHUNK  # this wave, next wave; steps, points, ns, kind
-    doubles = 4 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, cal, ...
+    doubles = 5 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, novel,
+    # cal, run_max
     return floats, ints + doubles
 
 
@@ -272,7 +285,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     rec_q,
     rec_w,
     cols,
-    hc,  # the table's other arrays (detector.stream.state)
+    stream_offsets,  # the table's other arrays (detector.stream.state)
+    hc,
     ring,
     marks,
     err_ring,
@@ -334,11 +348,14 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     min_err_std = cfg[C_MIN_ERR_STD]
     gap_factor = cfg[C_GAP_FACTOR]
     gap_reset = cfg[C_GAP_RESET] != 0.0
+    novelty_scale = cfg[C_NOVELTY]
+    novelty = novelty_scale > 0.0
     inv_D = 1.0 / D
     use_offsets = offsets.shape[0] > 0
-    c_last_ts, c_seen, c_offset = cols[F_LAST_TS], cols[F_SEEN], cols[F_OFFSET]
+    c_last_ts, c_seen = cols[F_LAST_TS], cols[F_SEEN]
     c_err, c_xmean, c_xvar, c_pred = cols[F_ERR], cols[F_X_MEAN], cols[F_X_VAR], cols[F_PRED]
     c_hist, c_cooldown = cols[F_HIST], cols[F_COOLDOWN]
+    c_xmin, c_xmax = cols[F_X_MIN], cols[F_X_MAX]
 
     # Scratch, in the order of scratch_sizes.
     C = CHUNK
@@ -367,10 +384,12 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     observed = f64[C : 2 * C]  # what the normal-error statistics would learn
     exceed = f64[2 * C : 3 * C]  # dynamic: 1.0 if the point exceeds
     tails = f64[3 * C : 4 * C]  # tail_score of each zs
-    cal = f64[4 * C : 4 * C + CALENDAR_FEATURES]
-    run_max = f64[4 * C + CALENDAR_FEATURES : 4 * C + CALENDAR_FEATURES + E // 2 + 2]
+    novel = f64[4 * C : 5 * C]  # r (pass 1), then the novelty score r / (r + c) (pass 2)
+    cal = f64[5 * C : 5 * C + CALENDAR_FEATURES]
+    run_max = f64[5 * C + CALENDAR_FEATURES : 5 * C + CALENDAR_FEATURES + E // 2 + 2]
 
     rec_stride = rec_q.strides[0]
+    rec_lines = (rec_stride + 63) // 64
     hc_stride = hc.strides[0]
     hc_lines = (hc_stride + 63) // 64
     ring_stride = ring.strides[0]
@@ -387,7 +406,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     while hi > 0:
         n_later = 0
         for i in range(min(ahead, hi)):
-            prefetch(rec_q, slots[order[i]] * rec_stride)
+            for line in range(rec_lines):
+                prefetch(rec_q, slots[order[i]] * rec_stride + line * 64)
         i = 0  # the next point of the wave
         while i < hi:
             # Pass 1: replays, disorder, gaps, normalisation, error, the score's input,
@@ -399,7 +419,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 # ring and mark lines of the one `half` places on (its record is here).
                 if i - 1 + ahead < hi:
                     s_ahead = slots[order[i - 1 + ahead]]
-                    prefetch(rec_q, s_ahead * rec_stride)
+                    for line in range(rec_lines):
+                        prefetch(rec_q, s_ahead * rec_stride + line * 64)
                     prefetch(flags, s_ahead)
                     for line in range(hc_lines):
                         prefetch_l2(hc, s_ahead * hc_stride + line * 64)
@@ -427,14 +448,14 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     predicted[p, d] = np.nan
                 off = offsets[p] if use_offsets else -1
                 # 0. a replay of a point the state already reflects
-                if off >= 0 and off <= rec_q[s, c_offset]:
+                if off >= 0 and off <= stream_offsets[s]:
                     status[p] = REPLAYED
                     continue
                 # 1. disorder and gaps
                 if n > 0 and t <= rec_d[s, c_last_ts]:
                     status[p] = DROPPED
                     if off >= 0:
-                        rec_q[s, c_offset] = off
+                        stream_offsets[s] = off
                         flags[s] |= DIRTY
                     continue
                 if n >= 2 and t - rec_d[s, c_last_ts] > gap_factor * rec_f[s, c_err + DT_MEAN]:
@@ -450,14 +471,27 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     rec_f[s, c_err + DT_MEAN] += INTERVAL_ALPHA * (
                         (t - rec_d[s, c_last_ts]) - rec_f[s, c_err + DT_MEAN]
                     )
-                # 2. normalise with the statistics as they were before this point
+                # 2. normalise with the statistics as they were before this point; how far
+                # outside the range of earlier values x_t lies (r), and the range takes it in
                 sq = 0.0
+                r = 0.0
                 for d in range(D):
                     mu = float(rec_f[s, c_xmean + d])
                     sd = max(math.sqrt(float(rec_f[s, c_xvar + d])), min_std)
                     v = values[p, d]
+                    lo = float(rec_f[s, c_xmin + d])
+                    up = float(rec_f[s, c_xmax + d])
                     if n == 0:
                         mu = v
+                        lo = up = v
+                    outside = max(v - up, lo - v)
+                    if outside > 0.0:
+                        r = max(r, outside / max(up - lo, min_std))
+                        rec_f[s, c_xmin + d] = min(lo, v)
+                        rec_f[s, c_xmax + d] = max(up, v)
+                    elif n == 0:
+                        rec_f[s, c_xmin + d] = v
+                        rec_f[s, c_xmax + d] = v
                     z = (v - mu) / sd
                     x_chunk[m, d] = xn = min(max(z, -input_clip), input_clip)
                     if n > 0:
@@ -467,6 +501,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 # 3. the error, and what the score needs
                 kind[m] = _NO_SCORE
                 zs[m] = 0.0
+                novel[m] = r if n > 0 and novelty else 0.0
                 if n == 0:
                     status[p] = NO_PREDICTION
                 else:
@@ -523,6 +558,12 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
             for j in range(m):
                 if kind[j] == _TAIL:
                     score[points[j]] = tails[j]
+            if novelty:
+                for j in range(m):
+                    r = novel[j]
+                    if r > 0.0:
+                        novel[j] = r = r / (r + novelty_scale)
+                        score[points[j]] = max(score[points[j]], r)
 
             # Pass 3: decisions, statistics, ring buffer and its mark.
             for j in range(m):
@@ -532,7 +573,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 exceeds = False
                 if n > 0:
                     warm = n >= warmup
-                    exceeds = exceed[j] != 0.0 if kind[j] == _DONE else score[p] >= threshold
+                    if kind[j] == _DONE:
+                        exceeds = exceed[j] != 0.0 or novel[j] >= threshold
+                    else:
+                        exceeds = score[p] >= threshold
                     # The first half of warm-up only settles the input statistics: its
                     # errors (of a stream whose scale is still unknown) would inflate the
                     # spread for thousands of points.
@@ -593,7 +637,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 rec_q[s, c_seen] = n + 1
                 rec_d[s, c_last_ts] = ts[p]
                 if use_offsets and offsets[p] >= 0:
-                    rec_q[s, c_offset] = offsets[p]
+                    stream_offsets[s] = offsets[p]
 
             if m > 0:  # one LSTM step for the chunk, on the rows in place (prefetched above)
                 lstm_step_rows(
@@ -651,15 +695,27 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
 
 
 # Where each record field starts, in elements of the view the kernel reads it through.
-F_LAST_TS, F_SEEN, F_OFFSET, F_ERR, F_X_MEAN, F_X_VAR, F_PRED, F_HIST, F_COOLDOWN = range(9)
+(
+    F_LAST_TS,
+    F_SEEN,
+    F_ERR,
+    F_X_MEAN,
+    F_X_VAR,
+    F_PRED,
+    F_X_MIN,
+    F_X_MAX,
+    F_HIST,
+    F_COOLDOWN,
+) = range(10)
 _FIELD_VIEWS = (
     ("last_ts", 8),
     ("seen", 8),
-    ("offset", 8),
     ("err", 0),  # 0: the table's float size
     ("x_mean", 0),
     ("x_var", 0),
     ("pred", 0),
+    ("x_min", 0),
+    ("x_max", 0),
     ("hist", 4),
     ("cooldown", 4),
 )
@@ -807,6 +863,7 @@ def score_batch(
         rec_q,
         rec_w,
         cols,
+        table.offset,
         table.hc,
         table.ring,
         table.marks,

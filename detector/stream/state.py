@@ -8,12 +8,12 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
                 number of lines, and the array starts on a line):
         last_ts     timestamp of the last accepted point, epoch seconds (float64)
         seen        points accepted since the stream started or was reset (int64)
-        offset      input offset of the last point handled, -1 before any (int64): a point
-                    at or below it is a replay and is skipped (Kafka, DESIGN.md "Changelog")
         err         (ERR_COLUMNS,) error and interval statistics, columns named below
         x_mean      (D,) running mean of the raw input (robust EWMA)
         x_var       (D,) running variance of the raw input
         pred        (D,) the prediction of the next input, in normalised units
+        x_min       (D,) the smallest raw input so far (novelty score: values never seen)
+        x_max       (D,) the largest raw input so far
         hist        bit k: the point k steps ago exceeded the threshold (uint32)
         cooldown    points left before the stream may alert again (int32)
     hc          (layers, 2, H)  the LSTM's h (``hc[:, :, 0]``) and c (``hc[:, :, 1]``), one
@@ -28,11 +28,16 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
                                 kernel's, within one call. Not saved: MARKED is recomputed
                                 from the marks on restore
     last_seen   ()              wall-clock time of the last point, for idle eviction (not saved)
+    offset      ()              input offset of the last point handled, -1 before any: a
+                                point at or below it is a replay and is skipped (Kafka,
+                                DESIGN.md "Changelog"). Out of the record: only Kafka mode
+                                reads it, and in the record it cost every point a 2nd line
 
 The ring's write position is ``seen % W``, so it needs no column of its own. ``h``, ``c``
 and every record field are also attributes (NumPy views), e.g. ``table.seen[slot]``.
-Serialised rows (``stream_bytes``, ``to_bytes``; format version 2) hold every field above
-but flags and last_seen, packed (_row_dtype), whatever the in-memory layout.
+Serialised rows (``stream_bytes``, ``to_bytes``; format version 3) hold every field above
+but flags and last_seen, packed (_row_dtype), whatever the in-memory layout. Version 2 (no
+x_min, x_max) is still read: the range restarts as the mean +- RESTORED_RANGE_STD std.
 
 Stream ids live in a byte arena (UTF-8), found through an open-addressing hash table
 (linear probing on a seeded 64-bit hash, verified byte for byte, so distinct ids never
@@ -100,11 +105,12 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     fields: list[tuple[str, np.dtype, tuple[int, ...]]] = [
         ("last_ts", np.dtype("<f8"), ()),
         ("seen", np.dtype("<i8"), ()),
-        ("offset", np.dtype("<i8"), ()),
         ("err", f, (ERR_COLUMNS,)),
         ("x_mean", f, (D,)),
         ("x_var", f, (D,)),
         ("pred", f, (D,)),
+        ("x_min", f, (D,)),
+        ("x_max", f, (D,)),
         ("hist", np.dtype("<u4"), ()),
         ("cooldown", np.dtype("<i4"), ()),
     ]
@@ -119,10 +125,12 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
 
 
-def _row_dtype(layout: TableLayout) -> np.dtype:
-    """One row as serialised: packed, little-endian, in this field order (format version 2)."""
+def _row_dtype(layout: TableLayout, version: int = 3) -> np.dtype:
+    """One row as serialised: packed, little-endian, in this field order (format version 3;
+    version 2 lacks x_min and x_max)."""
     f = np.dtype(layout.dtype).newbyteorder("<")
     L, H, D = layout.layers, layout.hidden, layout.n_values
+    value_range = [("x_min", f, (D,)), ("x_max", f, (D,))] if version >= 3 else []
     return np.dtype(
         [
             ("h", f, (L, H)),
@@ -130,6 +138,7 @@ def _row_dtype(layout: TableLayout) -> np.dtype:
             ("x_mean", f, (D,)),
             ("x_var", f, (D,)),
             ("pred", f, (D,)),
+            *value_range,
             ("ring", f, (layout.buffer_len, layout.n_inputs)),
             ("marks", np.uint8, (_mark_bytes(layout.buffer_len),)),
             ("err", f, (ERR_COLUMNS,)),
@@ -159,7 +168,11 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.generi
 
 # Versioned header of serialised state: magic, format version, the layout.
 _MAGIC = b"DST"
-_VERSION = 2  # 2: offset, ring marks; err columns shared between modes (ERR_COLUMNS = 5)
+_VERSION = 3  # 3: x_min, x_max; 2: offset, ring marks; err columns shared between modes
+_READS = (2, 3)  # versions this build restores
+# A version-2 row has no value range: it restarts as x_mean +- this many std, so a restored
+# stream does not call its first points "never seen".
+RESTORED_RANGE_STD = 4.0
 _HEADER = struct.Struct("<3sBHHHHIIB")  # magic, version, L, H, D, n_inputs, W, E, dtype code
 _DTYPE_CODES = {"float32": 4, "float64": 8}
 _COUNT = struct.Struct("<I")
@@ -544,6 +557,7 @@ class StreamStateTable:
         "layout",
         "marks",
         "max_streams",
+        "offset",
         "rec",
         "refused",
         "ring",
@@ -558,6 +572,7 @@ class StreamStateTable:
     err_ring: NDArray[np.floating]
     flags: NDArray[np.uint8]
     last_seen: NDArray[np.float64]
+    offset: NDArray[np.int64]
 
     def __init__(
         self, layout: TableLayout, max_streams: int, initial_capacity: int = _INITIAL_CAPACITY
@@ -592,6 +607,7 @@ class StreamStateTable:
             "err_ring": np.zeros((capacity, lay.error_window), f),
             "flags": np.zeros(capacity, np.uint8),
             "last_seen": np.zeros(capacity, np.float64),
+            "offset": np.zeros(capacity, np.int64),
             "_key_meta": np.full(capacity, _EMPTY, np.int64),
         }
 
@@ -639,10 +655,6 @@ class StreamStateTable:
         return self.rec["seen"]
 
     @property
-    def offset(self) -> NDArray[np.int64]:
-        return self.rec["offset"]
-
-    @property
     def err(self) -> NDArray[np.floating]:
         return self.rec["err"]
 
@@ -657,6 +669,14 @@ class StreamStateTable:
     @property
     def pred(self) -> NDArray[np.floating]:
         return self.rec["pred"]
+
+    @property
+    def x_min(self) -> NDArray[np.floating]:
+        return self.rec["x_min"]
+
+    @property
+    def x_max(self) -> NDArray[np.floating]:
+        return self.rec["x_max"]
 
     @property
     def hist(self) -> NDArray[np.uint32]:
@@ -809,9 +829,8 @@ class StreamStateTable:
         self._arena = arena
 
     def _clear(self, slots: NDArray[np.int64]) -> None:
-        blank = np.zeros((), self.rec.dtype)
-        blank["offset"] = -1
-        self.rec[slots] = blank
+        self.rec[slots] = np.zeros((), self.rec.dtype)
+        self.offset[slots] = -1
         self.hc[slots] = 0
         self.ring[slots] = 0
         self.marks[slots] = 0
@@ -863,7 +882,7 @@ class StreamStateTable:
 
     def offset_of(self, stream: str) -> int:
         """The input offset of the stream's last handled point, -1 before any."""
-        return int(self.rec["offset"][self.slot_of[stream]])
+        return int(self.offset[self.slot_of[stream]])
 
     def ring_window(
         self, stream_or_slot: str | int
@@ -901,9 +920,14 @@ class StreamStateTable:
         return rows
 
     def _unpack_rows(self, slots: NDArray[np.int64], rows: NDArray[np.void]) -> None:
-        for name in rows.dtype.names or ():
+        names = rows.dtype.names or ()
+        for name in names:
             field = getattr(self, name)
             field[slots] = rows[name]
+        if "x_min" not in names:  # format version 2: no value range saved
+            spread = RESTORED_RANGE_STD * np.sqrt(rows["x_var"])
+            self.x_min[slots] = rows["x_mean"] - spread
+            self.x_max[slots] = rows["x_mean"] + spread
 
     def _restored(self, slots: NDArray[np.int64]) -> None:
         """Flags of rows just loaded: not changed since, MARKED as their marks say."""
@@ -918,22 +942,36 @@ class StreamStateTable:
         slot = np.array([self.slot_of[stream]], np.int64)
         return self._header() + self._pack_rows(slot).tobytes()
 
+    def take_dirty_states(self) -> list[tuple[str, bytes]]:
+        """:meth:`take_dirty` with each stream's :meth:`stream_bytes`, packed in one pass
+        (a checkpoint of a million streams cannot afford a gather per stream)."""
+        used = int(self._counters[_HIGH_WATER])
+        changed = np.flatnonzero(self.flags[:used] & DIRTY)
+        self.flags[changed] &= 0xFF ^ DIRTY
+        rows = memoryview(self._pack_rows(changed).tobytes())
+        header, size = self._header(), self.row_size()
+        return [
+            (self.key_of(slot), header + rows[i * size : (i + 1) * size])
+            for i, slot in enumerate(changed.tolist())
+        ]
+
     def restore_stream(self, stream: str, data: bytes, now: float) -> None:
         """Load bytes from :meth:`stream_bytes` into ``stream``'s row (created if new).
 
         Raises StateFormatError if the bytes are damaged or were written for another layout.
         The row does not count as changed (``take_dirty``): the changelog holds this state.
         """
-        view = self._check_header(memoryview(data), what=f"state of stream {stream!r}")
-        if len(view) != self.row_size():
+        view, version = self._check_header(memoryview(data), what=f"state of stream {stream!r}")
+        row = _row_dtype(self.layout, version)
+        if len(view) != row.itemsize:
             raise StateFormatError(
                 f"state of stream {stream!r} has {len(view)} bytes after its header; "
-                f"expected {self.row_size()}"
+                f"expected {row.itemsize}"
             )
         slots = self.slots([stream], now)
         if slots[0] < 0:
             raise StateFormatError(f"table is full ({self.max_streams} streams); {stream!r}")
-        self._unpack_rows(slots, np.frombuffer(view, _row_dtype(self.layout)))
+        self._unpack_rows(slots, np.frombuffer(view, row))
         self._restored(slots)
 
     def to_bytes(self) -> bytes:
@@ -955,7 +993,7 @@ class StreamStateTable:
         view = memoryview(data)
         if len(view) < _HEADER.size:
             raise StateFormatError(f"table state is {len(view)} bytes, shorter than its header")
-        found = _layout_from_header(view[: _HEADER.size], "table state")
+        found, version = _layout_from_header(view[: _HEADER.size], "table state")
         if layout is not None and layout != found:
             raise StateFormatError(f"table state has layout {found}; expected {layout}")
         view = view[_HEADER.size :]
@@ -966,7 +1004,8 @@ class StreamStateTable:
             raise StateFormatError(f"table state holds more than {max_streams} streams")
         table = cls(found, max_streams, initial_capacity=max(count, 1))
         offset = _COUNT.size
-        row_size = table.row_size()
+        row = _row_dtype(found, version)
+        row_size = row.itemsize
         keys: list[str] = []
         rows: list[memoryview] = []
         for i in range(count):
@@ -986,29 +1025,30 @@ class StreamStateTable:
         if offset != len(view):
             raise StateFormatError(f"table state has {len(view) - offset} stray trailing bytes")
         slots = table.slots(keys, now)
-        table._unpack_rows(slots, np.frombuffer(b"".join(rows), _row_dtype(found)))
+        table._unpack_rows(slots, np.frombuffer(b"".join(rows), row))
         table._restored(slots)
         return table
 
-    def _check_header(self, view: memoryview, what: str) -> memoryview:
+    def _check_header(self, view: memoryview, what: str) -> tuple[memoryview, int]:
+        """The bytes after the header, and their format version."""
         if len(view) < _HEADER.size:
             raise StateFormatError(f"{what} is {len(view)} bytes, shorter than its header")
-        found = _layout_from_header(view[: _HEADER.size], what)
+        found, version = _layout_from_header(view[: _HEADER.size], what)
         if found != self.layout:
             raise StateFormatError(f"{what} has layout {found}; this table has {self.layout}")
-        return view[_HEADER.size :]
+        return view[_HEADER.size :], version
 
 
-def _layout_from_header(header: memoryview, what: str) -> TableLayout:
+def _layout_from_header(header: memoryview, what: str) -> tuple[TableLayout, int]:
     magic, version, L, H, D, n_in, W, E, code = _HEADER.unpack(header)
     if magic != _MAGIC:
         raise StateFormatError(f"{what} does not start with {_MAGIC!r}; not detector state")
-    if version != _VERSION:
+    if version not in _READS:
         raise StateFormatError(
-            f"{what} has format version {version}; this build reads {_VERSION} only "
-            "(streams start afresh)"
+            f"{what} has format version {version}; this build reads "
+            f"{' or '.join(map(str, _READS))} only (streams start afresh)"
         )
     dtypes = {v: k for k, v in _DTYPE_CODES.items()}
     if code not in dtypes:
         raise StateFormatError(f"{what} has unknown dtype code {code}")
-    return TableLayout(L, H, D, n_in, W, E, dtypes[code])
+    return TableLayout(L, H, D, n_in, W, E, dtypes[code]), version

@@ -9,6 +9,7 @@ that was lost, or stepped twice, shows up as different scores.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from detector.kafka.models import publish_model
 from detector.model.modelfile import ModelMetadata
 from detector.model.params import LSTMParams
 from detector.stream.pipeline import Pipeline
+from tests.probes import http_get as _get
 
 from .daemon import (
     WAIT_S,
@@ -272,3 +274,32 @@ async def test_exactly_once_after_sigkill(kafka_bootstrap, topics, daemons, tmp_
     assert len(ids) == len(set(ids)), "read_committed sees every alert exactly once"
     assert_same_alerts(got, expected)
     assert second.stop() == 0
+
+
+async def test_probes_metrics_and_sigterm_in_kafka_mode(
+    kafka_bootstrap, topics, daemons, tmp_path
+) -> None:
+    """What Kubernetes sees (issue 6): /readyz once partitions are assigned and restored,
+    /healthz while batches progress, per-partition lag in /metrics, then a clean SIGTERM."""
+    config, _, _ = await setup(
+        tmp_path, kafka_bootstrap, topics, http={"listen": "127.0.0.1:0", "stall_s": 60.0}
+    )
+    messages = make_points(seed=6)
+    await produce(kafka_bootstrap, topics.input, messages)
+    d = Daemon(config, tmp_path / "d.log").start()
+    daemons.append(d)
+    await d.wait_for("http_listening")
+    (url,) = [e["url"] for e in d.events() if e["event"] == "http_listening"]
+    await wait_until_consumed(kafka_bootstrap, topics, [d])
+    assert _get(f"{url}/readyz")[0] == 200
+    assert _get(f"{url}/healthz")[0] == 200
+    status, metrics = _get(f"{url}/metrics")
+    assert status == 200
+    assert f"detector_points_total {float(len(messages))}" in metrics
+    lags = re.findall(r'^detector_consumer_lag\{partition="(\d+)"\} (\S+)$', metrics, re.M)
+    assert sorted(int(p) for p, _ in lags) == [0, 1, 2, 3]
+    assert all(float(v) == 0.0 for _, v in lags)
+    assert "host-" not in metrics, "stream ids are never label values"
+    assert d.stop() == 0
+    (final,) = [e for e in d.events() if e["event"] == "final_checkpoint_saved"]
+    assert final["states"] >= 0 and sorted(final["partitions"]) == [0, 1, 2, 3]

@@ -83,6 +83,8 @@ class RefStream:
     mean: np.ndarray = field(init=False)
     var: np.ndarray = field(init=False)
     pred: np.ndarray = field(init=False)
+    lo: np.ndarray = field(init=False)  # the range of the stream's raw values so far
+    hi: np.ndarray = field(init=False)
     ring: list[np.ndarray] = field(init=False)
     marks: list[bool] = field(init=False)  # per ring entry: its point exceeded
     errors: list[float] = field(init=False)
@@ -108,6 +110,8 @@ class RefStream:
         self.mean = np.zeros(self.D)
         self.var = np.zeros(self.D)
         self.pred = np.zeros(self.D)
+        self.lo = np.zeros(self.D)
+        self.hi = np.zeros(self.D)
         self.ring = []
         self.marks = []
         self.errors = []
@@ -192,6 +196,11 @@ class RefScorer:
         xn = np.clip((x - mu) / sd, -st.input_clip, st.input_clip)
         result = RefResult("no_prediction" if first else "scored", gap)
         exceeds = False
+        novelty = 0.0
+        if not first and sc.novelty_scale > 0:
+            outside = np.maximum(np.maximum(x - s.hi, s.lo - x), 0.0)
+            r = float(np.max(outside / np.maximum(s.hi - s.lo, st.min_std)))
+            novelty = r / (r + sc.novelty_scale)
         if not first:
             result.predicted = s.pred * sd + mu
             e = math.sqrt(float(np.mean((xn - s.pred) ** 2)))
@@ -203,12 +212,14 @@ class RefScorer:
             if sc.mode == "zscore":
                 if s.err_count:
                     result.score = ref_tail_score((s.smooth - s.err_mean) / spread)
+                result.score = max(result.score, novelty)
                 exceeds = result.score >= sc.threshold
             elif sc.mode == "likelihood":
                 observed = e
                 s.short = e if s.seen == 1 else s.short + self.alpha(sc.short_span) * (e - s.short)
                 if s.err_count:
                     result.score = ref_tail_score((s.short - s.err_mean) / spread)
+                result.score = max(result.score, novelty)
                 exceeds = result.score >= sc.threshold
             else:
                 s.errors = ([*s.errors, s.smooth])[-sc.dynamic_window :]
@@ -217,8 +228,10 @@ class RefScorer:
                     s.eps = ref_dynamic_epsilon(window, sc.min_error_std)
                 result.score = min(0.5 * s.smooth / s.eps, 1.0)
                 candidate = result.score >= sc.threshold and s.smooth >= s.eps
-                exceeds = candidate and ref_keeps_last_run(window, s.eps, sc.dynamic_prune)
-                self.pruned += candidate and not exceeds
+                kept = candidate and ref_keeps_last_run(window, s.eps, sc.dynamic_prune)
+                self.pruned += candidate and not kept
+                result.score = max(result.score, novelty)
+                exceeds = kept or novelty >= sc.threshold
             learns = s.seen >= sc.warmup // 2 and (not exceeds or not warm)
             if sc.mode != "dynamic" and learns:
                 s.err_count += 1
@@ -234,6 +247,10 @@ class RefScorer:
                 s.cooldown = sc.cooldown
 
         a = max(1.0 / (s.seen + 1), self.alpha(st.norm_span))
+        if first:
+            s.lo, s.hi = x.copy(), x.copy()
+        else:
+            s.lo, s.hi = np.minimum(s.lo, x), np.maximum(s.hi, x)
         if first:
             s.mean, s.var = x.copy(), np.zeros(D)
         else:

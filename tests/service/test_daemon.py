@@ -7,10 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
+
+from tests.probes import http_get as _get
 
 T0 = 1_700_000_000
 WAIT_S = 120
@@ -35,14 +36,6 @@ def _wait_event(path: Path, proc: subprocess.Popen, event: str) -> dict:
         assert proc.poll() is None, path.read_text()
         time.sleep(0.1)
     raise AssertionError(f"no {event} in {WAIT_S} s:\n{path.read_text()}")
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (http://127.0.0.1)
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def test_metrics_readiness_and_sigterm(tmp_path: Path) -> None:

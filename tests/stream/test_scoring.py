@@ -120,7 +120,17 @@ CASES = {
     ),
     "likelihood": dict(scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12)),
     "dynamic": dict(
-        scoring=ScoringSettings(mode="dynamic", warmup=10, dynamic_window=32, dynamic_refresh=4)
+        scoring=ScoringSettings(
+            mode="dynamic", warmup=10, dynamic_window=32, dynamic_refresh=4, min_error_std=0.01
+        )
+    ),
+    "likelihood-no-novelty": dict(
+        scoring=ScoringSettings(
+            mode="likelihood", warmup=10, threshold=0.12, novelty_scale=0.0, cooldown=10
+        )
+    ),
+    "likelihood-novelty": dict(
+        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.5, novelty_scale=0.2)
     ),
     "vector-calendar-2layers": dict(
         scoring=ScoringSettings(mode="zscore", warmup=10, threshold=0.12),
@@ -141,7 +151,7 @@ def test_kernel_equals_point_by_point_reference(case: str) -> None:
     anomaly marks included."""
     spec = dict(CASES[case])
     scoring = spec.pop("scoring")
-    streams = spec.pop("streams", StreamSettings(buffer_len=16))
+    streams = spec.pop("streams", StreamSettings(buffer_len=16, gap_policy="reset"))
     D = spec.get("D", 1)
     table, params, config = make_group(scoring, streams, **spec)
     params.tensors()["head.V2"][:] *= 0.1  # near persistence: spikes stand out of the noise
@@ -204,7 +214,8 @@ def test_batch_size_does_not_change_results() -> None:
 
 
 def test_spike_on_a_steady_stream_alerts_once_past_warmup() -> None:
-    scoring = ScoringSettings(mode="zscore", warmup=50)
+    # (Without the novelty score: Gaussian noise reaches new extremes by chance.)
+    scoring = ScoringSettings(mode="zscore", warmup=50, novelty_scale=0.0)
     table, params, config = make_group(scoring, StreamSettings(), dtype="float32", persistence=True)
     rng = np.random.default_rng(0)
     n = 400
@@ -346,3 +357,22 @@ def test_tail_scores_equal_the_reference_everywhere() -> None:
     want = np.array([ref_tail_score(v) for v in z])
     npt.assert_allclose(got, want, rtol=1e-7, atol=1e-14)
     assert np.all((got >= 0.0) & (got <= 1.0))
+
+
+def test_novelty_scores_a_value_never_seen_once() -> None:
+    """A bounded stream (a sine): a level beyond its range scores high the first time,
+    a recurrence of the same level does not; off (novelty_scale 0), neither does."""
+    n = 600
+    values = np.sin(np.arange(n) / 10.0).reshape(n, 1)
+    values[400] = values[500] = 2.0  # the range is [-1, 1]: r = 0.5 the first time
+    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    scores = {}
+    for scale in (0.0, 0.02):
+        scoring = ScoringSettings(mode="likelihood", warmup=50, novelty_scale=scale)
+        table, params, config = make_group(scoring, StreamSettings(), persistence=True)
+        scores[scale] = run_batches(table, params, config, ["a"] * n, ts, values, 64)["score"]
+        assert np.all((scores[scale] >= 0) & (scores[scale] <= 1))
+    assert scores[0.02][400] == pytest.approx(0.5 / 0.52)
+    assert scores[0.02][500] < 0.2  # seen before: only its prediction error scores
+    assert scores[0.0][400] < scores[0.02][400]
+    assert np.max(scores[0.02][100:400]) < 0.5  # inside the range: nothing new

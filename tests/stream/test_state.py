@@ -219,5 +219,34 @@ def test_state_of_format_version_1_is_refused_by_name() -> None:
     table = StreamStateTable(LAYOUT, max_streams=10)
     table.slots(["a"], now=0.0)
     good = table.stream_bytes("a")
-    with pytest.raises(StateFormatError, match="format version 1; this build reads 2"):
+    with pytest.raises(StateFormatError, match="format version 1; this build reads 2 or 3"):
         table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
+
+
+def test_state_of_format_version_2_restores_with_a_range_around_the_mean() -> None:
+    """Version 2 had no x_min, x_max: the range restarts as the mean +- RESTORED_RANGE_STD
+    std, everything else as saved."""
+    from detector.stream.state import _HEADER, RESTORED_RANGE_STD, _row_dtype
+
+    _HEADER_SIZE = _HEADER.size
+
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    slot = table.slots(["a"], now=0.0)[0]
+    table.x_mean[slot] = 5.0
+    table.x_var[slot] = 4.0
+    table.seen[slot] = 7
+    current = table.stream_bytes("a")
+    header = current[:_HEADER_SIZE]
+    row = np.frombuffer(current[_HEADER_SIZE:], _row_dtype(LAYOUT))
+    old = np.empty(1, _row_dtype(LAYOUT, 2))
+    for name in old.dtype.names or ():
+        old[name] = row[name]
+    v2 = header[:3] + b"\x02" + header[4:] + old.tobytes()
+    other = StreamStateTable(LAYOUT, max_streams=10)
+    other.restore_stream("a", v2, now=0.0)
+    s = other.slot_of["a"]
+    assert other.seen[s] == 7
+    npt.assert_allclose(other.x_min[s], 5.0 - 2.0 * RESTORED_RANGE_STD)
+    npt.assert_allclose(other.x_max[s], 5.0 + 2.0 * RESTORED_RANGE_STD)
+    whole = table.to_bytes()
+    assert StreamStateTable.from_bytes(whole, max_streams=10, now=0.0).seen[0] == 7
