@@ -99,8 +99,8 @@ class _EventWindow:
     overflow: int = 0  # lines of keys held back because the window's budget was spent
 
 
-class RateLimitedLog:
-    """Log per-stream events at most once per ``(event, key)`` every ``every_s`` seconds.
+class RateLimiter:
+    """Lets a line of ``(event, key)`` pass at most once every ``every_s`` seconds.
 
     The next line that passes for a key carries ``suppressed=N``, the lines of that key held
     back since its previous one. Memory is bounded: at most ``max_keys`` keys are remembered
@@ -108,18 +108,13 @@ class RateLimitedLog:
     ``suppressed_total``). An explosion of distinct keys is bounded in the
     log as well: at most ``max_per_interval`` lines of one event pass per interval; the next
     line after that interval carries ``suppressed_other_keys=M``.
-
-    >>> limited = RateLimitedLog(structlog.get_logger(), every_s=60.0)
-    >>> limited.warning("point_dropped", key="web-1.cpu", reason="non_finite")  # doctest: +SKIP
     """
 
     def __init__(
         self,
-        logger: _Logger,
         every_s: float = 60.0,
         max_keys: int = 10_000,
         max_per_interval: int = 100,
-        key_field: str = "stream",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if every_s <= 0 or max_keys < 1 or max_per_interval < 1:
@@ -127,11 +122,9 @@ class RateLimitedLog:
                 f"every_s ({every_s}) must be > 0, max_keys ({max_keys}) and "
                 f"max_per_interval ({max_per_interval}) >= 1"
             )
-        self.logger = logger
         self.every_s = every_s
         self.max_keys = max_keys
         self.max_per_interval = max_per_interval
-        self.key_field = key_field
         self._clock = clock
         self._keys: OrderedDict[tuple[str, str], _KeyState] = OrderedDict()
         self._windows: dict[str, _EventWindow] = {}  # few: event names are literals in code
@@ -173,6 +166,28 @@ class RateLimitedLog:
             state.passed_at, state.suppressed = now, 0
         return extra
 
+
+class RateLimitedLog(RateLimiter):
+    """Log per-stream events at most once per ``(event, key)`` every ``every_s`` seconds
+    (RateLimiter's rules; the key goes out as field ``key_field``).
+
+    >>> limited = RateLimitedLog(structlog.get_logger(), every_s=60.0)
+    >>> limited.warning("point_dropped", key="web-1.cpu", reason="non_finite")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        logger: _Logger,
+        every_s: float = 60.0,
+        max_keys: int = 10_000,
+        max_per_interval: int = 100,
+        key_field: str = "stream",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(every_s, max_keys, max_per_interval, clock)
+        self.logger = logger
+        self.key_field = key_field
+
     def log(self, level: int, event: str, key: str, **fields: Any) -> bool:
         """Log ``event`` with ``key`` as field ``key_field`` unless held back; True if logged."""
         extra = self.allow(event, key)
@@ -201,10 +216,7 @@ class LibraryRateLimit(logging.Filter):
 
     def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
-        # Only its allow() is used: what passes goes on down the handler, not to a logger.
-        self._limit = RateLimitedLog(
-            logging.getLogger(__name__), every_s=every_s, max_per_interval=1000, clock=clock
-        )
+        self._limit = RateLimiter(every_s=every_s, max_per_interval=1000, clock=clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, dict):  # structlog's own event, wrapped for the formatter

@@ -14,20 +14,14 @@ import structlog
 
 from detector.config import LogSettings
 from detector.logging import LIBRARY_EVENT, LibraryRateLimit, RateLimitedLog, configure_logging
+from tests.logging_state import restored_logging
 from tests.service.clock import FakeClock
 
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
+    with restored_logging():
+        yield
 
 
 def _lines(out: io.StringIO) -> list[dict[str, Any]]:

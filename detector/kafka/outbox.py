@@ -43,21 +43,27 @@ class _Batch:
     topic: str
     partition: int
     items: Sequence[tuple[bytes | None, bytes | None]]  # (key, value)
+    filled: BatchBuilder | None = None  # the items, built when they were split into batches
     future: asyncio.Future[object] | None = field(default=None)
 
     async def queue(self, producer: AIOKafkaProducer) -> None:
-        builder = producer.create_batch()
-        for key, value in self.items:  # they fitted once, so they fit again
-            builder.append(timestamp=None, key=key, value=value)
+        builder, self.filled = self.filled, None  # a builder goes out once; a re-send rebuilds
+        if builder is None:
+            builder = producer.create_batch()
+            _fill(builder, self.items)  # they fitted once, so they fit again
         builder.close()
         self.future = await producer.send_batch(builder, self.topic, partition=self.partition)
 
 
-def _fill(builder: BatchBuilder, items: Sequence[tuple[bytes | None, bytes | None]]) -> int:
-    """Append items until the batch is full; how many went in."""
-    for n, (key, value) in enumerate(items):
+def _fill(
+    builder: BatchBuilder, items: Sequence[tuple[bytes | None, bytes | None]], start: int = 0
+) -> int:
+    """Append items from ``start`` on until the batch is full; the index of the first left
+    out (no slicing: a checkpoint's list may hold a million records)."""
+    for i in range(start, len(items)):
+        key, value = items[i]
         if builder.append(timestamp=None, key=key, value=value) is None:
-            return n
+            return i
     return len(items)
 
 
@@ -93,18 +99,14 @@ class Outbox:
         start = 0
         while start < len(items):
             builder = self.producer.create_batch()
-            end = start + _fill(builder, items[start:])
+            end = _fill(builder, items, start)
             if end == start:  # larger than a whole batch: send() lets the producer say why
                 key, value = items[start]
                 await self.send(topic, value, key=key, partition=partition)
                 start += 1
                 continue
-            builder.close()
-            batch = _Batch(topic, partition, items[start:end])
-            try:
-                batch.future = await self.producer.send_batch(builder, topic, partition=partition)
-            except KafkaError as exc:
-                log.warning("produce_queue_failed", topic=topic, error=repr(exc))
+            batch = _Batch(topic, partition, items[start:end], builder)
+            await self._queue(batch)
             self._pending.append(batch)
             start = end
 

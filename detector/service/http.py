@@ -10,12 +10,12 @@ alive. ``start``/``stop`` are idempotent; ``async with HttpServer(...)`` does bo
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import ClassVar, Final
 
 from aiohttp import web
 
 from detector.errors import DetectorError
+from detector.service.background import StartStop
 from detector.service.health import Health, Verdict
 from detector.service.metrics import Metrics
 
@@ -41,7 +41,7 @@ def parse_listen(listen: str) -> tuple[str | None, int]:
     return (host if host not in ("", "*") else None), int(port)
 
 
-class HttpServer:
+class HttpServer(StartStop):
     def __init__(self, listen: str, metrics: Metrics, health: Health) -> None:
         self.listen = listen
         self.host, self._port = parse_listen(listen)
@@ -94,18 +94,6 @@ class HttpServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
-
-    async def __aenter__(self) -> HttpServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body, content_type = self.metrics.render(request.headers.get("Accept", ""))

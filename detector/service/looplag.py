@@ -14,8 +14,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
+from detector.service.background import StartStop, cancel_and_wait
 from detector.service.metrics import Metrics
 
 
@@ -26,7 +26,7 @@ class LagSummary:
     max_s: float
 
 
-class LoopLagMonitor:
+class LoopLagMonitor(StartStop):
     def __init__(
         self,
         metrics: Metrics | None = None,
@@ -53,24 +53,7 @@ class LoopLagMonitor:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.wait([task])  # a cancellation of the caller itself still propagates
-        if not task.cancelled():
-            task.result()  # the task died of an error before the cancel: surface it
-
-    async def __aenter__(self) -> LoopLagMonitor:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        await cancel_and_wait(task)
 
     def record(self, lag_s: float) -> None:
         """One sample (the task's; public so tests can feed known values)."""

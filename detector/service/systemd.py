@@ -18,10 +18,10 @@ import asyncio
 import os
 import socket
 from collections.abc import Mapping
-from types import TracebackType
 
 import structlog
 
+from detector.service.background import StartStop, cancel_and_wait
 from detector.service.health import Health
 
 log = structlog.get_logger(__name__)
@@ -95,7 +95,7 @@ class SystemdNotifier:
             sock.close()
 
 
-class Watchdog:
+class Watchdog(StartStop):
     """Pings systemd's watchdog every ``interval_s`` (default: half of $WATCHDOG_USEC) while
     ``health`` is live. Does nothing when the watchdog is not enabled for this process."""
 
@@ -126,24 +126,7 @@ class Watchdog:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.wait([task])  # a cancellation of the caller itself still propagates
-        if not task.cancelled():
-            task.result()
-
-    async def __aenter__(self) -> Watchdog:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+        await cancel_and_wait(task)
 
     async def _ping(self, interval_s: float) -> None:
         stalled = False

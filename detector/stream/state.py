@@ -868,10 +868,13 @@ class StreamStateTable:
     def take_dirty(self) -> list[str]:
         """Streams whose row changed (a point handled, or the row created) since the last
         call or since the table was created or restored; clears the marks."""
+        return [self.key_of(s) for s in self._take_dirty_slots().tolist()]
+
+    def _take_dirty_slots(self) -> NDArray[np.int64]:
         used = int(self._counters[_HIGH_WATER])
         changed = np.flatnonzero(self.flags[:used] & DIRTY)
         self.flags[changed] &= 0xFF ^ DIRTY
-        return [self.key_of(s) for s in changed.tolist()]
+        return changed
 
     def take_removed(self) -> list[str]:
         """Streams evicted or removed since the last call (and not back since): the
@@ -945,9 +948,7 @@ class StreamStateTable:
     def take_dirty_states(self) -> list[tuple[str, bytes]]:
         """:meth:`take_dirty` with each stream's :meth:`stream_bytes`, packed in one pass
         (a checkpoint of a million streams cannot afford a gather per stream)."""
-        used = int(self._counters[_HIGH_WATER])
-        changed = np.flatnonzero(self.flags[:used] & DIRTY)
-        self.flags[changed] &= 0xFF ^ DIRTY
+        changed = self._take_dirty_slots()
         rows = memoryview(self._pack_rows(changed).tobytes())
         header, size = self._header(), self.row_size()
         return [

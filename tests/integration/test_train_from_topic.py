@@ -5,7 +5,6 @@ in it (or a missing topic) is a named error, not a traceback."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -17,12 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 import pytest
-import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from detector import cli
 from detector.kafka.models import ModelWatcher
 from detector.model.modelfile import load_model
+from tests.logging_state import restored_logging
 
 if TYPE_CHECKING:  # types only: pytest, not this module, imports the conftest
     from .conftest import NewTopicFactory
@@ -79,19 +78,12 @@ def train_cli(
     it configures is undone afterwards."""
     monkeypatch.setenv("DETECTOR_KAFKA__BOOTSTRAP_SERVERS", kafka_bootstrap)
     monkeypatch.delenv("DETECTOR_CONFIG", raising=False)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
 
     async def run(*args: object) -> int:
         return await asyncio.to_thread(cli.main, ["train", *TRAIN_FLAGS, *map(str, args)])
 
-    yield run
-    for handler in root.handlers[:]:
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
+    with restored_logging():
+        yield run
 
 
 def weights(path: Path) -> np.ndarray:
