@@ -159,7 +159,7 @@ async def run_phase(
     args: argparse.Namespace,
 ) -> Phase:
     phase = Phase(kind)
-    retrainer = Retrainer(pipe, settings) if kind == "on" else None
+    retrainer = Retrainer(pipe, settings, staged_swaps=True) if kind == "on" else None
     period = args.batch / args.rate
     running_batches = 0
     monitor = LagRecorder(args.lag_interval)

@@ -12,14 +12,17 @@ on an explicit clock (``now``, passed in: wall time in the daemon, data time in 
   (warm start, :func:`detector.model.train.train`), and scores the current and the
   candidate weights on the held-out windows. The candidate is accepted only when
   ``candidate_loss < current_loss * (1 - retraining.tolerance)``;
-- accepted weights are published to the registry (when there is one), swapped in between
-  batches, and every stream's h, c and next prediction are re-derived from its ring under
-  the new weights (:func:`detector.retrain.replay.replay_state`).
+- accepted weights are published to the registry (when there is one) and put into effect:
+  every stream's h, c and next prediction are re-derived from its ring under the new
+  weights. In the service (``staged_swaps``) that replay runs on the pool while scoring
+  goes on (:mod:`detector.retrain.staged_swap`), and an accepted run is reported once its
+  weights are in effect; otherwise it runs inline
+  (:func:`detector.retrain.replay.replay_state`).
 
 Two ways to drive it. In the service (the event loop never trains)::
 
     await retrainer.maybe_start(now)   # between batches: due groups start in the pool
-    retrainer.apply_finished()         # between batches: finished runs go live
+    await retrainer.poll(now)          # between batches: start due runs, advance swaps
     retrainer.apply_registry_changes() # now and then: pointer switches (rollbacks)
 
 and synchronously, for deterministic replays (evaluation): ``retrainer.run_due(now)``
@@ -28,6 +31,7 @@ trains inline and applies before returning.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter, deque
@@ -50,6 +54,7 @@ from detector.retrain.registry import (
 )
 from detector.retrain.replay import replay_state
 from detector.retrain.sampler import Ring, count_windows, windows_from_rings
+from detector.retrain.staged_swap import StagedSwap
 from detector.stream.pipeline import UNTRAINED, ModelGroup, Pipeline
 from detector.stream.state import DT_MEAN, StreamStateTable
 
@@ -87,6 +92,23 @@ class RetrainResult:
 
 
 @dataclass(frozen=True, slots=True)
+class _Rings:
+    """Copies of the rings a run cuts its windows from: taken on the loop in one gather
+    per table (:meth:`StreamStateTable.ring_windows`), cut in the pool."""
+
+    inputs: NDArray[np.floating]  # (S, W, n_inputs), oldest first, aligned on the newest
+    anomalous: NDArray[np.bool_]  # (S, W)
+    buffered: NDArray[np.int64]  # (S,) the last buffered[k] entries of row k are inputs
+
+    def rings(self) -> list[Ring]:
+        W = self.inputs.shape[1]
+        return [
+            (self.inputs[k, W - n :], self.anomalous[k, W - n :])
+            for k, n in enumerate(self.buffered.tolist())
+        ]
+
+
+@dataclass(frozen=True, slots=True)
 class _Job:
     """Everything a training run needs, copied off the live tables (the run never reads
     them, so scoring goes on while it trains)."""
@@ -94,12 +116,14 @@ class _Job:
     group: str
     parent: str
     params: LSTMParams  # a copy of the group's current weights
-    windows: NDArray[np.floating]
+    rings: _Rings
+    rng: np.random.Generator  # draws the windows' sample (after the streams' on the loop)
+    estimate: int  # windows estimated at a cold start (-1 otherwise)
     training: TrainingSettings  # with this run's seed
     tolerance: float
     started_at: float
     prepare_s: float
-    meta: VersionMeta  # for the registry, if the candidate is accepted
+    meta: VersionMeta  # for the registry, if the candidate is accepted (windows: 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +131,7 @@ class _Trained:
     job: _Job
     result: Outcome
     seconds: float
+    windows: int
     candidate: LSTMParams | None = None
     version: str | None = None  # of the accepted candidate
     current_loss: float | None = None
@@ -125,6 +150,15 @@ class _GroupState:
     job: Future[_Trained] | None = None
 
 
+@dataclass(slots=True)
+class _PendingSwap:
+    """Weights on their way into effect, and the accepted run to report when they are."""
+
+    swap: StagedSwap
+    result: RetrainResult | None
+    started: float = field(default_factory=time.perf_counter)
+
+
 class _Cancelled(Exception):
     """Raised inside training (from its batch callback) when the retrainer closes."""
 
@@ -139,7 +173,10 @@ class Retrainer:
         registry: ModelRegistry | None = None,
         *,
         executor: Executor | None = None,
+        staged_swaps: bool = False,
     ) -> None:
+        """``staged_swaps``: new weights go into effect through a :class:`StagedSwap`
+        advanced by :meth:`poll` (the service); otherwise at once, inline."""
         self.pipeline = pipeline
         self.settings = settings
         self.registry = registry
@@ -150,7 +187,9 @@ class Retrainer:
         self._executor = executor
         self._own_executor = executor is None
         self._cancel = threading.Event()
-        self._pending: list[RetrainResult] = []  # skipped in maybe_start, reported later
+        self._pending: list[RetrainResult] = []  # superseded swaps' runs, reported later
+        self.staged_swaps = staged_swaps
+        self._swaps: dict[str, _PendingSwap] = {}
         self._last_due_check = -float("inf")
         W, T = settings.streams.buffer_len, settings.training.window_len
         if self.config.enabled and W < T:
@@ -164,7 +203,10 @@ class Retrainer:
     def __repr__(self) -> str:
         counts = ", ".join(f"{k}={self.counts[k]}" for k in sorted(self.counts))
         running = sum(st.job is not None for st in self._state.values())
-        return f"Retrainer(groups={len(self._state)}, running={running}, {counts})"
+        return (
+            f"Retrainer(groups={len(self._state)}, running={running}, "
+            f"swapping={len(self._swaps)}, {counts})"
+        )
 
     def __enter__(self) -> Retrainer:
         return self
@@ -175,19 +217,23 @@ class Retrainer:
     def close(self) -> None:
         """Stop: a run in progress ends at its next batch; nothing more is applied."""
         self._cancel.set()
+        self._swaps.clear()  # a shadow being replayed is dropped; the old weights stay
         if self._executor is not None and self._own_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ schedule
 
     def due(self, now: float) -> list[ModelGroup]:
-        """Groups whose run is due at clock ``now`` (and not already running)."""
+        """Groups whose run is due at clock ``now`` (not already running, and no new
+        weights on their way into effect)."""
         if not self.config.enabled:
             return []
         return [
             g
             for g in self.pipeline.groups
-            if self._state[g.name].job is None and self._is_due(g, self._state[g.name], now)
+            if self._state[g.name].job is None
+            and g.name not in self._swaps
+            and self._is_due(g, self._state[g.name], now)
         ]
 
     def _is_due(self, group: ModelGroup, st: _GroupState, now: float) -> bool:
@@ -231,41 +277,86 @@ class Retrainer:
 
     async def maybe_start(self, now: float) -> list[str]:
         """Start the due groups' runs in the thread pool; returns the groups started. Only
-        the window sampling (a copy of at most ``max_windows`` windows) runs here."""
+        picking the streams and copying their rings (at most ``max_windows`` streams) runs
+        here."""
         started = []
         for group in self.due(now):
             job = self._prepare(group, now)
-            if isinstance(job, RetrainResult):
-                self._pending.append(job)
-                continue
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self.config.threads, thread_name_prefix="retrain"
-                )
-            self._state[group.name].job = self._executor.submit(self._train, job)
+            self._state[group.name].job = self._pool().submit(self._train, job)
             started.append(group.name)
         return started
 
+    def _pool(self) -> Executor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.config.threads, thread_name_prefix="retrain"
+            )
+        return self._executor
+
     async def poll(self, now: float, start: bool = True) -> list[RetrainResult]:
         """For a runner, between every two batches: start due runs (``start``: this instance
-        trains), checked at most every ``_DUE_CHECK_S``; returns the finished runs, applied."""
+        trains), checked at most every ``_DUE_CHECK_S``, and advance the swaps under way;
+        returns the finished runs (accepted ones once their weights are in effect)."""
         mono = time.monotonic()
         if start and mono - self._last_due_check >= _DUE_CHECK_S:
             self._last_due_check = mono
             await self.maybe_start(now)
-        return self.apply_finished()
+        return self.apply_finished() + self.advance_swaps()
 
     def apply_finished(self) -> list[RetrainResult]:
         """Put finished runs into effect (call between batches); returns their results,
-        and those of runs that were skipped when they started."""
+        and those of runs whose swap was superseded. With ``staged_swaps`` an accepted run
+        is returned by :meth:`advance_swaps` once its weights are live."""
         results, self._pending = self._pending, []
         for group in self.pipeline.groups:
             st = self._state[group.name]
             if st.job is None or not st.job.done():
                 continue
             future, st.job = st.job, None
-            results.append(self._apply(group, future.result()))
+            result = self._apply(group, future.result())
+            if result is not None:
+                results.append(result)
         return results
+
+    def swapping(self) -> dict[str, str]:
+        """Group -> version of the weights on their way into effect."""
+        return {name: pending.swap.version for name, pending in self._swaps.items()}
+
+    def advance_swaps(self) -> list[RetrainResult]:
+        """One step of every swap under way (between batches); returns the accepted runs
+        whose weights went into effect, and those whose swap failed."""
+        results = []
+        for name, pending in list(self._swaps.items()):
+            try:
+                if not pending.swap.advance():
+                    continue
+            # A failed replay must not stop scoring: the old weights stay in effect.
+            except Exception as exc:  # noqa: BLE001
+                del self._swaps[name]
+                reason = f"model swap failed: {type(exc).__name__}: {exc}"
+                log.error("model_swap_failed", group=name, version=pending.swap.version,
+                          error=reason)  # fmt: skip
+                self._restore_pointer(pending.swap.group)
+                if pending.result is not None:
+                    failed = dataclasses.replace(pending.result, result="failed", reason=reason)
+                    results.append(self._record(failed))
+                continue
+            del self._swaps[name]
+            self._state[name].trained = True
+            if pending.result is not None:
+                elapsed = time.perf_counter() - pending.started
+                done = dataclasses.replace(pending.result, seconds=pending.result.seconds + elapsed)
+                results.append(self._record(done))
+        return results
+
+    def _restore_pointer(self, group: ModelGroup) -> None:
+        """After a failed swap the registry's current version is the one in effect."""
+        if self.registry is None or group.version == UNTRAINED:
+            return
+        try:
+            self.registry.set_current(group.name, group.version)
+        except RegistryError as exc:
+            log.error("registry_pointer_not_restored", group=group.name, error=str(exc))
 
     def running(self) -> list[str]:
         return [name for name, st in self._state.items() if st.job is not None]
@@ -275,14 +366,14 @@ class Retrainer:
         deterministic mode (evaluation replays, tests). Blocks for the training."""
         results = []
         for group in self.due(now):
-            job = self._prepare(group, now)
-            if isinstance(job, RetrainResult):
-                results.append(job)
-            else:
-                results.append(self._apply(group, self._train(job)))
+            result = self._apply(group, self._train(self._prepare(group, now)))
+            if result is not None:
+                results.append(result)
         return results
 
-    def _prepare(self, group: ModelGroup, now: float) -> _Job | RetrainResult:
+    def _prepare(self, group: ModelGroup, now: float) -> _Job:
+        """On the loop: pick the streams and copy their rings (bounded by ``max_windows``
+        streams); the pool cuts the windows and trains."""
         t0 = time.perf_counter()
         st = self._state[group.name]
         cold = group.version == UNTRAINED and not st.trained
@@ -294,37 +385,14 @@ class Retrainer:
         seeds = np.random.SeedSequence([tcfg.seed, group.index, st.runs])
         rng = np.random.default_rng(seeds)
         rings, data = self._collect(group, rng)
-        windows = windows_from_rings(
-            rings,
-            tcfg.window_len,
-            tcfg.stride,
-            self.config.max_windows,
-            rng,
-            persistent=self.config.persistent_fraction,
-        )
-        if len(windows) < self._fewest():
-            st.cold_estimate = estimate
-            return self._record(
-                RetrainResult(
-                    group=group.name,
-                    result="skipped",
-                    seconds=time.perf_counter() - t0,
-                    windows=len(windows),
-                    current_loss=None,
-                    candidate_loss=None,
-                    version=group.version,
-                    parent=group.version,
-                    started_at=now,
-                    reason=f"{len(windows)} usable windows; at least {self._fewest()} needed",
-                )
-            )
-        st.trained = True
         data["clock"] = now
         job = _Job(
             group=group.name,
             parent=group.version,
             params=group.params.copy(),
-            windows=windows,
+            rings=rings,
+            rng=rng,
+            estimate=estimate,
             training=tcfg.model_copy(update={"seed": int(seeds.generate_state(1)[0])}),
             tolerance=self.config.tolerance,
             started_at=now,
@@ -333,17 +401,18 @@ class Retrainer:
                 feature_names=feature_names(group),
                 parent=group.version,
                 source="retrain",
-                windows=len(windows),
+                windows=0,
                 data=data,
                 normalization=self._normalization(),
             ),
         )
-        log.info("retraining_started", group=group.name, windows=len(windows), parent=group.version)
+        log.info("retraining_started", group=group.name, streams=data["streams"],
+                 parent=group.version)  # fmt: skip
         return job
 
     def _collect(
         self, group: ModelGroup, rng: np.random.Generator
-    ) -> tuple[list[Ring], dict[str, Any]]:
+    ) -> tuple[_Rings, dict[str, Any]]:
         """The rings to cut windows from, and what they cover. With more streams than
         ``max_windows`` a random ``max_windows`` of them are read (each gives at least one
         window), so the cost of a run does not grow with the number of streams."""
@@ -363,20 +432,21 @@ class Retrainer:
                 (t, s[keep[lo:hi]])
                 for (t, s), lo, hi in zip(picked, cuts[:-1], cuts[1:], strict=True)
             ]
-        rings: list[Ring] = []
-        points, first, last = 0, np.inf, -np.inf
+        parts = [table.ring_windows(slots) for table, slots in picked]
+        W, n_inputs = group.layout.buffer_len, group.layout.n_inputs
+        rings = _Rings(
+            np.concatenate([p[0] for p in parts]) if parts else np.empty((0, W, n_inputs)),
+            np.concatenate([p[1] for p in parts]) if parts else np.empty((0, W), np.bool_),
+            np.concatenate([p[2] for p in parts]) if parts else np.empty(0, np.int64),
+        )
+        points, first, last = int(rings.buffered.sum()), np.inf, -np.inf
         for table, slots in picked:
-            for slot in slots.tolist():
-                inputs, anomalous = ring_window(table, slot)
-                rings.append((inputs, anomalous))
             n = np.minimum(table.seen[slots], table.layout.buffer_len)
-            if slots.size:
-                points += int(n.sum())
-                last = max(last, float(table.last_ts[slots].max()))
-                spans = (n - 1) * table.err[slots, DT_MEAN]
-                first = min(first, float((table.last_ts[slots] - spans).min()))
+            last = max(last, float(table.last_ts[slots].max()))
+            spans = (n - 1) * table.err[slots, DT_MEAN]
+            first = min(first, float((table.last_ts[slots] - spans).min()))
         data: dict[str, Any] = {
-            "streams": len(rings),
+            "streams": len(rings.buffered),
             "points": points,
             "first_ts": first if np.isfinite(first) else None,  # estimated from intervals
             "last_ts": last if np.isfinite(last) else None,
@@ -397,19 +467,31 @@ class Retrainer:
         """Train, judge and (when accepted and there is a registry) publish; runs in a
         pool thread or inline. Never raises: a failure is a "failed" result."""
         t0 = time.perf_counter()
+        n = 0
         try:
-            return self._train_and_judge(job, t0)
+            windows = windows_from_rings(
+                job.rings.rings(),
+                job.training.window_len,
+                job.training.stride,
+                self.config.max_windows,
+                job.rng,
+                persistent=self.config.persistent_fraction,
+            )
+            n = len(windows)
+            if n < self._fewest():
+                reason = f"{n} usable windows; at least {self._fewest()} needed"
+                return _Trained(job, "skipped", time.perf_counter() - t0, n, reason=reason)
+            return self._train_and_judge(job, windows, t0)
         except _Cancelled:
-            return _Trained(job, "failed", time.perf_counter() - t0, reason="cancelled")
+            return _Trained(job, "failed", time.perf_counter() - t0, n, reason="cancelled")
         # A failed run must not stop scoring: the current model stays, the error is reported
         # in the result and logged by _apply (with its type, so a bug is still visible).
         except Exception as exc:  # noqa: BLE001
             reason = f"{type(exc).__name__}: {exc}"
-            return _Trained(job, "failed", time.perf_counter() - t0, reason=reason)
+            return _Trained(job, "failed", time.perf_counter() - t0, n, reason=reason)
 
-    def _train_and_judge(self, job: _Job, t0: float) -> _Trained:
+    def _train_and_judge(self, job: _Job, windows: NDArray[np.floating], t0: float) -> _Trained:
         tcfg = job.training
-        windows = job.windows
         rng = np.random.default_rng(tcfg.seed)
         n_hold = validation_count(len(windows), tcfg.val_fraction)
         order = rng.permutation(len(windows))
@@ -442,6 +524,7 @@ class Retrainer:
                 job,
                 "rejected",
                 time.perf_counter() - t0,
+                len(windows),
                 reason=reason,
                 current_loss=cur,
                 candidate_loss=cand,
@@ -460,7 +543,7 @@ class Retrainer:
                     source=meta.source,
                     candidate_loss=candidate_loss,
                     parent_loss=current_loss,
-                    windows=meta.windows,
+                    windows=len(windows),
                     data=meta.data,
                     training=training,
                     normalization=meta.normalization,
@@ -471,6 +554,7 @@ class Retrainer:
             job,
             "accepted",
             time.perf_counter() - t0,
+            len(windows),
             candidate,
             version,
             current_loss=cur,
@@ -478,38 +562,52 @@ class Retrainer:
             epochs=len(report.epochs),
         )
 
-    def _apply(self, group: ModelGroup, done: _Trained) -> RetrainResult:
+    def _apply(self, group: ModelGroup, done: _Trained) -> RetrainResult | None:
+        """Report a finished run and put accepted weights into effect; None when they are
+        on their way (a staged swap reports the run when they arrive)."""
         t0 = time.perf_counter()
         result, reason, version = done.result, done.reason, group.version
-        if result == "accepted" and group.version != done.job.parent:
+        st = self._state[group.name]
+        if result == "skipped":  # a cold start retries when more windows may exist
+            st.cold_estimate = done.job.estimate
+        else:
+            st.trained = True  # it got as far as training: the cold start is over
+        staged: StagedSwap | None = None
+        if result == "accepted" and (group.version != done.job.parent or group.name in self._swaps):
             result = "rejected"
+            changed = self.swapping().get(group.name, group.version)
             reason = (
-                f"the group's model changed from {done.job.parent} to {group.version} "
+                f"the group's model changed from {done.job.parent} to {changed} "
                 "during training (a rollback or another run)"
             )
         elif result == "accepted" and done.candidate is not None and done.version is not None:
             try:
                 if self.registry is not None:
                     self.registry.set_current(group.name, done.version)
-                self.swap(group, done.candidate, done.version)
+                if self.staged_swaps:
+                    staged = self._staged_swap(group, done.candidate, done.version)
+                else:
+                    self.swap(group, done.candidate, done.version)
                 version = done.version
             except (RegistryError, ValueError) as exc:
                 result, reason = "failed", f"{type(exc).__name__}: {exc}"
-        return self._record(
-            RetrainResult(
-                group=group.name,
-                result=result,
-                seconds=done.job.prepare_s + done.seconds + time.perf_counter() - t0,
-                windows=len(done.job.windows),
-                current_loss=done.current_loss,
-                candidate_loss=done.candidate_loss,
-                version=version,
-                parent=done.job.parent,
-                started_at=done.job.started_at,
-                reason=reason,
-                epochs=done.epochs,
-            )
+        report = RetrainResult(
+            group=group.name,
+            result=result,
+            seconds=done.job.prepare_s + done.seconds + time.perf_counter() - t0,
+            windows=done.windows,
+            current_loss=done.current_loss,
+            candidate_loss=done.candidate_loss,
+            version=version,
+            parent=done.job.parent,
+            started_at=done.job.started_at,
+            reason=reason,
+            epochs=done.epochs,
         )
+        if staged is not None:
+            self._swaps[group.name] = _PendingSwap(staged, report)
+            return None
+        return self._record(report)
 
     def _record(self, r: RetrainResult) -> RetrainResult:
         self.history.append(r)
@@ -520,8 +618,39 @@ class Retrainer:
 
     # ------------------------------------------------------------------ swaps
 
+    def request_swap(
+        self, group: ModelGroup, params: LSTMParams, version: str, *, at_once: bool = False
+    ) -> None:
+        """Put weights into effect for ``group``: through a staged swap in the service
+        (unless ``at_once``), else now. Nothing to do when ``version`` is in effect or on
+        its way; a newer request replaces one under way. ValueError if they do not fit."""
+        if version in (group.version, self.swapping().get(group.name)):
+            return
+        if self.staged_swaps and not at_once:
+            self._swaps[group.name] = _PendingSwap(self._staged_swap(group, params, version), None)
+        else:
+            self._drop_swap(group.name, superseded_by=version)
+            self.swap(group, params, version)
+
+    def _staged_swap(self, group: ModelGroup, params: LSTMParams, version: str) -> StagedSwap:
+        swap = StagedSwap(group, params, version, self._pool().submit)
+        self._drop_swap(group.name, superseded_by=version)
+        return swap
+
+    def _drop_swap(self, name: str, superseded_by: str) -> None:
+        """A swap under way gives way to newer weights; its run, if any, reports so."""
+        pending = self._swaps.pop(name, None)
+        if pending is None:
+            return
+        log.info("model_swap_superseded", group=name, version=pending.swap.version,
+                 by=superseded_by)  # fmt: skip
+        if pending.result is not None:
+            reason = f"superseded by {superseded_by} before its weights went into effect"
+            failed = dataclasses.replace(pending.result, result="failed", reason=reason)
+            self._pending.append(self._record(failed))
+
     def swap(self, group: ModelGroup, params: LSTMParams, version: str) -> int:
-        """Put weights into effect for ``group`` (between batches) and re-derive every
+        """Put weights into effect for ``group`` now (between batches) and re-derive every
         stream's h, c and prediction from its ring; returns the streams replayed."""
         t0 = time.perf_counter()
         parent = group.version
@@ -542,17 +671,21 @@ class Retrainer:
 
     def apply_registry_changes(self) -> list[tuple[str, str]]:
         """Swap in versions another process made current (``detector model rollback``);
-        returns (group, version) of each swap. Call it now and then between batches."""
+        returns (group, version) of each swap started (staged ones are in effect once
+        :meth:`poll` has advanced them). Call it now and then between batches."""
         if self.registry is None:
             return []
         by_name = {g.name: g for g in self.pipeline.groups}
         applied = []
         for change in self.registry.poll_changes():
             group = by_name.get(change.group)
-            if group is None or group.version == change.version:
+            if group is None or change.version in (
+                group.version,
+                self.swapping().get(group.name),
+            ):
                 continue
             try:
-                self.swap(group, change.params, change.version)
+                self.request_swap(group, change.params, change.version)
             except ValueError as exc:
                 log.error(
                     "model_version_incompatible",
@@ -576,11 +709,6 @@ class Retrainer:
                 self.swap(group, current[1], current[0])
                 loaded.append((group.name, current[0]))
         return loaded
-
-
-def ring_window(table: StreamStateTable, slot: int) -> Ring:
-    """A stream's buffered inputs, oldest first, and which of them scored as anomalous."""
-    return table.ring_window(slot)
 
 
 def feature_names(group: ModelGroup) -> tuple[str, ...]:

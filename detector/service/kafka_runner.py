@@ -83,7 +83,7 @@ class KafkaRunner:
         self.ops = Operations(settings, self.pipeline)
         # Models are shared through the models topic: the instance that owns input partition
         # 0 retrains (from its own partitions' streams) and publishes; every instance swaps.
-        self.retrainer = Retrainer(self.pipeline, settings)
+        self.retrainer = Retrainer(self.pipeline, settings, staged_swaps=True)
         self.signals = ShutdownSignals()
         self.should_exit = self.signals.should_exit
         # Serialises batches, checkpoints and the rebalance callbacks, which aiokafka runs in
@@ -93,6 +93,7 @@ class KafkaRunner:
         self._limbo: set[int] = set()  # revoked, state kept in case they come straight back
         self._next_offset: dict[int, int] = {}  # per partition: last processed offset + 1
         self._committed: dict[int, int] = {}
+        self._input_missing = False  # seen without partitions: a re-created topic starts over
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._txn: dict[int, AIOKafkaProducer] = {}  # exactly-once: one per input partition
@@ -184,7 +185,7 @@ class KafkaRunner:
         self._models_reader = clients.reader(k)
         await self._models_reader.start()
         self._models = ModelWatcher(self._models_reader, k.models_topic)
-        self._apply_models(await self._models.start())
+        self._apply_models(await self._models.start(), at_once=True)
         # Alerts, dead letters and states (at-least-once); models in every mode.
         self._producer = clients.producer(k)
         await self._producer.start()
@@ -318,8 +319,8 @@ class KafkaRunner:
         }
         if offsets:
             try:
-                await self._consumer.commit(offsets)
-            except (CommitFailedError, KafkaError) as exc:
+                await self._commit(offsets)
+            except (CommitFailedError, KafkaError, TimeoutError) as exc:
                 # Not fatal: the range is replayed later and skipped by the stored offsets.
                 log.warning("commit_failed", error=repr(exc), partitions=sorted(partitions))
                 self.ops.checkpoint_failed()
@@ -335,6 +336,21 @@ class KafkaRunner:
             committed={tp.partition: o for tp, o in offsets.items()},
             seconds=round(time.monotonic() - started, 3),
         )
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit, failing instead of waiting forever: aiokafka retries a retriable error
+        (the input topic deleted: unknown topic or partition) without end, and a commit in
+        the revoke callback would then hold up the rebalance, the loop and SIGTERM."""
+        consumer = self._started(self._consumer)
+        if not self._input_exists():
+            raise KafkaError(f"input topic {self.kafka.input_topic} not found")
+        async with asyncio.timeout(self.kafka.request_timeout_ms / 1000):
+            await consumer.commit(offsets)
+
+    def _input_exists(self) -> bool:
+        """The input topic is in the consumer's cluster metadata (with partitions)."""
+        consumer = self._started(self._consumer)
+        return bool(consumer.partitions_for_topic(self.kafka.input_topic))
 
     # ------------------------------------------------------------------ exactly-once
 
@@ -402,12 +418,13 @@ class KafkaRunner:
             self._limbo = set()
             fresh = assigned - kept - self.owned
             await self._restore(sorted(fresh))
+            if assigned and self._input_missing:
+                await self._input_recreated(assigned)
             if self.kafka.exactly_once:
                 for p in sorted(assigned):
                     if p not in self._txn:
                         self._txn[p] = await self._transactional_producer(p)
             self.owned |= assigned
-            self.ops.ready(True)
             log.info(
                 "partitions_assigned",
                 partitions=sorted(assigned),
@@ -415,6 +432,39 @@ class KafkaRunner:
                 kept=sorted(kept),
                 streams=self.pipeline.streams(),
             )
+            if assigned or self._input_exists():
+                self.ops.ready(True)  # no partitions with the topic there: an idle member
+                return
+            # The consumer stays subscribed: the group rebalances when the topic is back.
+            self._input_missing = True
+            self.ops.ready(False, f"input topic {self.kafka.input_topic} not found")
+            log.error(
+                "input_topic_missing",
+                topic=self.kafka.input_topic,
+                action="create the topic (or restart, which creates it); consuming resumes "
+                "when it is back",
+            )
+
+    async def _input_recreated(self, assigned: set[int]) -> None:
+        """The input topic is back after it was gone: a new log whose offsets start at 0.
+        Read it from its start, and forget the offsets of the old one (committed, and those
+        in the streams' states), which would otherwise skip its first records."""
+        self._input_missing = False
+        consumer = self._started(self._consumer)
+        tps = [TopicPartition(self.kafka.input_topic, p) for p in sorted(assigned)]
+        await consumer.seek_to_beginning(*tps)
+        streams = 0
+        for p in assigned:
+            streams += self.pipeline.forget_offsets(p)
+            self._next_offset.pop(p, None)
+            self._committed.pop(p, None)
+        log.warning(
+            "input_topic_recreated",
+            topic=self.kafka.input_topic,
+            partitions=sorted(assigned),
+            streams=streams,
+            action="reading the new topic from its start; stream states are kept",
+        )
 
     async def _transactional_producer(self, partition: int) -> AIOKafkaProducer:
         k = self.kafka
@@ -451,15 +501,17 @@ class KafkaRunner:
 
     # ------------------------------------------------------------------ models
 
-    def _apply_models(self, models: Iterable[PublishedModel]) -> None:
+    def _apply_models(self, models: Iterable[PublishedModel], at_once: bool = False) -> None:
+        """Newer weights from the models topic go into effect: staged while consuming
+        (every stream's h, c and prediction re-derived under them, :meth:`Retrainer.poll`
+        advances the swap), ``at_once`` before the first batch."""
         by_name = {g.name: g for g in self.pipeline.groups}
         for model in models:
             group = by_name.get(model.group)
-            if group is None or group.version == model.version:
+            if group is None:
                 continue
             try:
-                # Also re-derives every stream's h, c and prediction under the new weights.
-                self.retrainer.swap(group, model.params, model.version)
+                self.retrainer.request_swap(group, model.params, model.version, at_once=at_once)
             except ValueError as exc:
                 log.error(
                     "model_incompatible", group=model.group, version=model.version, error=str(exc)

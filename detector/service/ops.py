@@ -88,8 +88,7 @@ class Operations:
     def retrained(self, results: list[RetrainResult]) -> None:
         for r in results:
             self.metrics.observe_retraining(r.group, r.result, r.seconds)
-        if results:
-            self._publish_models()
+        self._publish_models()  # every call: a staged swap may have finished meanwhile
 
     def refresh_gauges(self) -> None:
         for group in self.pipeline.groups:

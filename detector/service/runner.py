@@ -49,7 +49,7 @@ class Runner:
         self.ops = Operations(settings, self.pipeline)
         directory = models_dir(settings)
         self.registry = ModelRegistry(directory) if directory is not None else None
-        self.retrainer = Retrainer(self.pipeline, settings, self.registry)
+        self.retrainer = Retrainer(self.pipeline, settings, self.registry, staged_swaps=True)
         self.signals = ShutdownSignals()
         self.should_exit = self.signals.should_exit
 

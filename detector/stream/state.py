@@ -713,6 +713,22 @@ class StreamStateTable:
         used = int(self._counters[_HIGH_WATER])
         return np.flatnonzero(self._key_meta[:used] >= 0)
 
+    def row_keys(self, slots: NDArray[np.int64]) -> NDArray[np.int64]:
+        """An identity of each row's current stream: it changes when the row is freed and
+        given to another stream (the key's place in the arena; a compaction changes it
+        too, which only makes a caller treat the row as new)."""
+        return self._key_meta[slots]
+
+    def blank_hc(self) -> NDArray[np.floating]:
+        """Zeros shaped, typed and aligned like ``hc`` (a model swap's shadow state)."""
+        return _aligned_zeros(self.hc.shape, self.hc.dtype)  # type: ignore[return-value]
+
+    def adopt_hc(self, hc: NDArray[np.floating]) -> None:
+        """Take ``hc`` (from :meth:`blank_hc`, same capacity) as every row's h and c."""
+        if hc.shape != self.hc.shape or hc.dtype != self.hc.dtype:
+            raise ValueError(f"hc is {hc.shape} {hc.dtype}; the table's {self.hc.shape}")
+        self.hc = hc
+
     def key_of(self, slot: int) -> str:
         """The stream id of a row in use."""
         meta = int(self._key_meta[slot])
@@ -899,6 +915,20 @@ class StreamStateTable:
         pos = (seen - n + np.arange(n)) % W
         marks = (self.marks[slot, pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
         return self.ring[slot, pos], marks.astype(np.bool_)
+
+    def ring_windows(
+        self, slots: NDArray[np.int64]
+    ) -> tuple[NDArray[np.floating], NDArray[np.bool_], NDArray[np.int64]]:
+        """Copies of rows' rings in one gather: inputs (S, W, n_inputs), oldest first and
+        aligned on the newest, the flags of :meth:`ring_window` (S, W), and how many of the
+        last entries are buffered inputs (min(seen, W)); the entries before those are
+        not inputs."""
+        W = self.layout.buffer_len
+        seen = self.rec["seen"][slots]
+        pos = (seen[:, None] - W + np.arange(W)) % W
+        rows = slots[:, None]
+        marks = (self.marks[rows, pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
+        return self.ring[rows, pos], marks.astype(np.bool_), np.minimum(seen, W)
 
     # ------------------------------------------------------------------ serialisation
 

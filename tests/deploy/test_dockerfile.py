@@ -3,7 +3,6 @@ test machines, so the image itself is not built here."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import re
 import shutil
@@ -141,9 +140,7 @@ def test_build_stage_builds_the_package_from_the_copied_files_alone(tmp_path: Pa
                 ignore=lambda folder, names: [
                     name
                     for name in names
-                    if _context_excludes(
-                        str((Path(folder) / name).relative_to(REPO)), patterns
-                    )
+                    if _context_excludes(str((Path(folder) / name).relative_to(REPO)), patterns)
                 ],
             )
         else:

@@ -25,6 +25,7 @@ from detector.retrain.registry import ModelRegistry
 from detector.retrain.scheduler import Retrainer, RetrainResult
 from detector.stream.pipeline import UNTRAINED, Pipeline
 from detector.stream.scoring import SCORED
+from detector.stream.state import StreamStateTable
 
 T0 = 1_700_000_000
 STEP = 60.0
@@ -233,14 +234,14 @@ def test_too_few_clean_windows_skip_the_run(monkeypatch):
     settings = make_settings()
     replay = Replay(settings)
     retrainer = Retrainer(replay.pipe, settings)
-    real_ring_window = scheduler.ring_window
+    real_ring_windows = StreamStateTable.ring_windows
 
-    def every_other_anomalous(table, slot):
+    def every_other_anomalous(table, slots):
         # Half the points: every window holds one, and it is not yet a persistent change.
-        inputs, flags = real_ring_window(table, slot)
-        return inputs, np.arange(flags.size) % 2 == 0
+        inputs, flags, buffered = real_ring_windows(table, slots)
+        return inputs, np.broadcast_to(np.arange(flags.shape[1]) % 2 == 0, flags.shape), buffered
 
-    monkeypatch.setattr(scheduler, "ring_window", every_other_anomalous)
+    monkeypatch.setattr(StreamStateTable, "ring_windows", every_other_anomalous)
     results = replay.run(60, sine(24), retrainer)
     skipped = [r for _, r in results]
     assert skipped and all(r.result == "skipped" and r.windows == 0 for r in skipped)
