@@ -78,7 +78,13 @@ class ScoringSettings(_Section):
     threshold: float = Field(0.5, gt=0, le=1, description="alert when score >= threshold")
     warmup: int = Field(200, ge=0, description="points of a stream before it may alert")
     error_span: int = Field(5, ge=1, description="EWMA span of the smoothed error")
-    stats_span: int = Field(2000, ge=2, description="EWMA span of the normal-error statistics")
+    stats_span: int = Field(8000, ge=2, description="EWMA span of the normal-error statistics")
+    stats_learn_all: bool = Field(
+        True,
+        description="the normal-error statistics learn from every point past the first half of "
+        "warm-up (as Numenta's anomaly likelihood does); false: not from points that exceed the "
+        "threshold once the stream is warm",
+    )
     min_error_std: float = Field(0.5, gt=0, description="floor of the error spread")
     short_span: int = Field(8, ge=1, description="likelihood: span of the short-term mean")
     dynamic_window: int = Field(256, ge=8, le=65_536, description="dynamic: errors per window")

@@ -26,8 +26,10 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    recurring excursion is novel once. The dynamic mode's point also exceeds when the
    novelty score reaches the threshold.
    The point exceeds when score >= threshold. The normal-error statistics (m, v²) learn
-   only from points that do not exceed (all points during warm-up), and not in the first
-   half of warm-up, while the input statistics are still settling.
+   from every point (``stats_learn_all``, as Numenta's anomaly likelihood does: a stream
+   whose large errors recur learns that they are normal), or else only from points that do
+   not exceed (all points during warm-up); not in the first half of warm-up, while the
+   input statistics are still settling.
 5. It alerts when it exceeds, the stream is past warm-up, at least k of its last n points
    exceeded, and no cooldown runs; an alert starts a cooldown of ``cooldown`` points.
 6. The input statistics learn x_t, robustly: a deviation beyond norm_clip std counts as
@@ -133,7 +135,8 @@ C_GAP_FACTOR = 16
 C_GAP_RESET = 17
 C_CALENDAR = 18
 C_NOVELTY = 19
-N_CONFIG = 20
+C_LEARN_ALL = 20
+N_CONFIG = 21
 
 
 def span_alpha(span: int) -> float:
@@ -172,6 +175,7 @@ class ScoringConfig:
         v[C_GAP_RESET] = streams.gap_policy == "reset"
         v[C_CALENDAR] = calendar
         v[C_NOVELTY] = scoring.novelty_scale
+        v[C_LEARN_ALL] = scoring.stats_learn_all
         v.flags.writeable = False
         return cls(v)
 
@@ -350,6 +354,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     gap_reset = cfg[C_GAP_RESET] != 0.0
     novelty_scale = cfg[C_NOVELTY]
     novelty = novelty_scale > 0.0
+    learn_all = cfg[C_LEARN_ALL] != 0.0
     inv_D = 1.0 / D
     use_offsets = offsets.shape[0] > 0
     c_last_ts, c_seen = cols[F_LAST_TS], cols[F_SEEN]
@@ -580,7 +585,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     # The first half of warm-up only settles the input statistics: its
                     # errors (of a stream whose scale is still unknown) would inflate the
                     # spread for thousands of points.
-                    learns = n >= warmup // 2 and (not exceeds or not warm)
+                    learns = n >= warmup // 2 and (learn_all or not exceeds or not warm)
                     if mode != MODE_DYNAMIC and learns:
                         count = float(rec_f[s, c_err + ERR_COUNT]) + 1.0
                         a = _alpha(count, stats_alpha, stats_span)

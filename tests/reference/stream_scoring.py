@@ -232,7 +232,7 @@ class RefScorer:
                 self.pruned += candidate and not kept
                 result.score = max(result.score, novelty)
                 exceeds = kept or novelty >= sc.threshold
-            learns = s.seen >= sc.warmup // 2 and (not exceeds or not warm)
+            learns = s.seen >= sc.warmup // 2 and (sc.stats_learn_all or not exceeds or not warm)
             if sc.mode != "dynamic" and learns:
                 s.err_count += 1
                 a = max(1.0 / s.err_count, self.alpha(sc.stats_span))

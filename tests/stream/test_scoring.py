@@ -132,6 +132,16 @@ CASES = {
     "likelihood-novelty": dict(
         scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.5, novelty_scale=0.2)
     ),
+    "zscore-learn-normal": dict(  # the statistics leave out points that exceed
+        scoring=ScoringSettings(
+            mode="zscore", warmup=10, threshold=0.12, stats_span=50, stats_learn_all=False
+        )
+    ),
+    "likelihood-learn-normal": dict(
+        scoring=ScoringSettings(
+            mode="likelihood", warmup=10, threshold=0.12, stats_span=50, stats_learn_all=False
+        )
+    ),
     "vector-calendar-2layers": dict(
         scoring=ScoringSettings(mode="zscore", warmup=10, threshold=0.12),
         D=3,
