@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from array import array
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -212,12 +213,16 @@ def _offset_of(spec: OffsetSpec | None, partition: int) -> int | None:
 class SeriesBuilder:
     """Samples in, :class:`Series` out: the grouping of
     :func:`detector.io.series_files.read_series` for JSON lines, tolerant of a live topic
-    (a sample whose fields differ from its series' first one is counted, not fatal)."""
+    (a sample whose fields differ from its series' first one is counted, not fatal).
+
+    Points are kept in typed arrays (8 bytes a number, not a Python float in a list): a
+    day of 10,000 streams at one point a minute is 14 million points, ~230 MB at D = 1."""
 
     def __init__(self, report: TopicReport, keep: FieldFilter | None = None) -> None:
         self.report = report
         self.keep = keep
-        self._streams: dict[str, tuple[list[float], list[list[float]], tuple[str, ...]]] = {}
+        # stream -> (timestamps, values row by row, field names)
+        self._streams: dict[str, tuple[array[float], array[float], tuple[str, ...]]] = {}
 
     def add(self, name: str, tags: str, ts: float, values: Mapping[str, float]) -> None:
         keep = self.keep
@@ -231,21 +236,24 @@ class SeriesBuilder:
             return
         names = tuple(f or "value" for f in fields)
         stream = vector_id(name, tags)
-        stamps, rows, known = self._streams.setdefault(stream, ([], [], names))
+        stamps, values, known = self._streams.setdefault(stream, (array("d"), array("d"), names))
         if names != known:
             self.report.inconsistent += 1
             return
         stamps.append(ts)
-        rows.append(row)
+        values.extend(row)
         self.report.points += 1
 
     def series(self) -> list[Series]:
+        """The series built, by stream id; empties the builder (each stream's points are
+        let go as soon as its series is made, so the peak is not twice the data)."""
         out = []
         for stream in sorted(self._streams):
-            stamps, rows, names = self._streams[stream]
-            ts = np.array(stamps, np.float64)
+            stamps, values, names = self._streams.pop(stream)
+            ts = np.frombuffer(stamps, np.float64)
+            rows = np.frombuffer(values, np.float64).reshape(ts.size, len(names))
             order = np.argsort(ts, kind="stable")  # equal stamps keep their offset order
-            out.append(Series(stream, names, ts[order], np.array(rows, np.float64)[order]))
+            out.append(Series(stream, names, ts[order], rows[order]))
         return out
 
 
