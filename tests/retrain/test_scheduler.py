@@ -317,6 +317,21 @@ def test_rollback_reaches_a_running_pipeline(tmp_path, capsys, run_cli):
     replay.run(10, square(12), retrainer)  # scoring goes on with the rolled-back model
     assert replay.pipe.groups[0].version == old
 
+    # As the daemon does it: the weights go live through a staged swap, advanced by poll.
+    staged = Retrainer(replay.pipe, settings, ModelRegistry(tmp_path), staged_swaps=True)
+    staged.apply_registry_changes()
+    target = versions[-1]
+    assert run_cli("model", "rollback", target, "--models-dir", tmp_path) == 0
+    assert staged.apply_registry_changes() == [("default", target)]
+    for _ in range(100):
+        asyncio.run(staged.poll(replay.now(), start=False))
+        if group.version == target:
+            break
+        time.sleep(0.01)
+    assert group.version == target and staged.swapping() == {}
+    staged.close()
+    assert run_cli("model", "rollback", old, "--models-dir", tmp_path) == 0
+
     # A restarted daemon starts from the registry's current version.
     again = Replay(settings)
     loaded = Retrainer(again.pipe, settings, ModelRegistry(tmp_path)).load_registry_models()
