@@ -147,12 +147,14 @@ def test_build_stage_builds_the_package_from_the_copied_files_alone(tmp_path: Pa
             context.mkdir(exist_ok=True)
             shutil.copy2(origin, context / source)
     wheels = tmp_path / "wheels"
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(wheels), "."],
         cwd=context,
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert built.returncode == 0, built.stdout + built.stderr
     (wheel,) = wheels.glob("detector-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
