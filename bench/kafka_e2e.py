@@ -26,7 +26,9 @@ Phases, in this order:
       ``detector.kafka.clients.group_consumer`` (the daemon's own fetch settings and
       ``max_poll_records``) in a fresh group, ``getmany(timeout_ms=500, max_records=run.
       batch_size)`` as the daemon calls it, ``detector.io.formats.decode(value, "native")``
-      for every record (the daemon's decoder), until every partition is read to its end;
+      for every record (the per-record decoder the issue names; the daemon decodes each
+      batch with ``formats.native_points``, the same samples for less, and the rest with
+      ``decode``: see bench/README.md), until every partition is read to its end;
    b. daemon: ``python -m detector run --config FILE`` as a subprocess (source, sink and
       dead letters in Kafka, retraining off, a fresh group, so a fresh changelog), while
       this process reads the alerts topic.

@@ -91,10 +91,10 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 import orjson
 
@@ -146,6 +146,100 @@ def decode_native(payload: bytes | str) -> Sample:
     except orjson.JSONDecodeError as exc:
         raise RecordDecodeError(f"not JSON ({exc.msg} at column {exc.colno})") from None
     return _native_record(doc)
+
+
+@dataclass(slots=True)
+class PlainPoints:
+    """``native_points``: the plain points of a batch as columns, in message order, and the
+    messages that are not plain points."""
+
+    names: list[str]  # the "stream" member
+    tags: list[str]  # canonical tags, "" for none
+    ts: list[float]  # epoch seconds
+    values: list[float]  # the "value" member: the field ""
+    index: list[int]  # each point's message, ascending
+    other: list[int]  # every other message, ascending: decode() them one by one
+
+
+def native_points(payloads: Sequence[bytes]) -> PlainPoints:
+    """The batch fast path of the native format, for the messages that are *plain points*.
+
+    A plain point is one native record on one line (an optional trailing newline): an
+    object with a non-empty ``stream``, a numeric ``value`` (no ``values``), a numeric ``ts``
+    in seconds or milliseconds after 1970, and no ``tags`` or valid tags. For those,
+    ``decode(payload, "native")`` would give exactly one sample ``(name, tags, ts,
+    {"": value})`` and no error; this gives the same as columns, without a ``Decoded``,
+    ``Sample`` or dict per message and without the per-record checks in between. Anything
+    else (several lines, other timestamps, ``values``, malformed) is left to ``decode`` by
+    its index in ``other``, so this never decides what an error is.
+    """
+    out = PlainPoints([], [], [], [], [], [])
+    names, tags, ts, values, index, other = (
+        out.names,
+        out.tags,
+        out.ts,
+        out.values,
+        out.index,
+        out.other,
+    )
+    loads, malformed = orjson.loads, orjson.JSONDecodeError
+    for i, payload in enumerate(payloads):
+        # A newline inside makes several lines, which decode() reads one by one; any other
+        # type (memoryview, bytearray) takes the general path too.
+        if type(payload) is not bytes or (
+            b"\n" in payload and payload.find(b"\n", 0, len(payload) - 1) >= 0
+        ):
+            other.append(i)
+            continue
+        try:
+            doc = loads(payload)
+        except malformed:
+            other.append(i)
+            continue
+        if type(doc) is not dict:
+            other.append(i)
+            continue
+        # Any: the type() tests below narrow these for the reader, not for mypy.
+        name: Any = doc.get("stream")
+        t: Any = doc.get("ts")
+        value: Any = doc.get("value")
+        # type() is, not isinstance: bool is an int subclass and must be refused here.
+        t_type, v_type = type(t), type(value)
+        if (
+            type(name) is not str
+            or not name
+            or (v_type is not float and v_type is not int)
+            or (t_type is not int and t_type is not float)
+        ):
+            other.append(i)
+            continue
+        # Three members: exactly these three, so no "values" and no "tags" to look at.
+        short = len(doc) == 3
+        if not short and "values" in doc:
+            other.append(i)
+            continue
+        # parse_timestamp's rules for the two usual units (NaN fails both comparisons).
+        if _MIN_SECONDS <= t < _SECONDS_BELOW:
+            seconds = float(t)
+        elif _SECONDS_BELOW <= t < _MILLIS_BELOW:
+            seconds = t / 1_000
+        else:
+            other.append(i)
+            continue
+        raw_tags = None if short else doc.get("tags")
+        if raw_tags is None:
+            tags.append("")
+        else:
+            try:
+                tags.append(_json_tags(raw_tags, "tags"))
+            except RecordDecodeError:
+                other.append(i)
+                continue
+        names.append(name)
+        ts.append(seconds)
+        values.append(float(value))
+        index.append(i)
+    return out
 
 
 def stream_id(name: str, tags: str, field: str) -> str:

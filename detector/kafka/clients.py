@@ -10,6 +10,8 @@ from aiokafka.helpers import create_ssl_context
 
 from detector.config import KafkaSettings
 
+GROUP_METADATA_MAX_AGE_MS = 30_000  # one metadata request per 30 s: cheap
+
 
 def connection_options(k: KafkaSettings) -> dict[str, Any]:
     """Options every client shares: brokers, identity, TLS and SASL."""
@@ -48,6 +50,9 @@ def group_consumer(k: KafkaSettings, max_records: int) -> AIOKafkaConsumer:
         max_poll_interval_ms=k.max_poll_interval_ms,
         fetch_max_wait_ms=k.fetch_max_wait_ms,
         max_poll_records=max_records,
+        # A deleted and re-created input topic (or added partitions) is noticed, and the
+        # group rebalances onto it, within this time instead of the default 5 minutes.
+        metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
         # Input written transactionally by others is read once committed; aborted never.
         isolation_level="read_committed",
     )

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from array import array
 import re
 import time
+from array import array
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,12 +236,12 @@ class SeriesBuilder:
             return
         names = tuple(f or "value" for f in fields)
         stream = vector_id(name, tags)
-        stamps, values, known = self._streams.setdefault(stream, (array("d"), array("d"), names))
+        stamps, rows, known = self._streams.setdefault(stream, (array("d"), array("d"), names))
         if names != known:
             self.report.inconsistent += 1
             return
         stamps.append(ts)
-        values.extend(row)
+        rows.extend(row)
         self.report.points += 1
 
     def series(self) -> list[Series]:

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from detector.config import GroupSettings, Settings
 from detector.errors import ConfigError, ModelFileError, StateFormatError
-from detector.io.formats import Format, decode
+from detector.io.formats import Format, PlainPoints, decode, native_points
 from detector.model.modelfile import load_model
 from detector.model.params import LSTMParams, make_shape
 from detector.stream.routing import Router
@@ -104,13 +105,64 @@ class BatchOutput:
 
 @dataclass(slots=True)
 class _Points:
-    """Points of one group in one batch, gathered before the kernel call."""
+    """Points of one group in one batch, gathered before the kernel call: the plain points
+    of a native batch as arrays (``plain``), the rest point by point in the lists."""
 
     vector: bool  # the group's layout is "vector": a sample's fields form one point
     streams: list[str] = field(default_factory=list)
     ts: list[float] = field(default_factory=list)
     values: list[float] = field(default_factory=list)  # flat: n_values per point
     offsets: list[int] = field(default_factory=list)  # input offset of each point's message
+    order: list[int] = field(default_factory=list)  # each point's message (batch index)
+    plain: _Plain | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.streams) or self.plain is not None
+
+    def arrays(
+        self, n_values: int
+    ) -> tuple[list[str], NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+        """streams, ts (B,), values (B, n_values) and offsets (B,), in message order."""
+        listed = (
+            self.streams,
+            np.array(self.ts, np.float64),
+            np.array(self.values, np.float64).reshape(len(self.ts), n_values),
+            np.array(self.offsets, np.int64),
+        )
+        plain = self.plain
+        if plain is None:
+            return listed
+        if not self.streams:
+            return plain.streams, plain.ts, plain.values, plain.offsets
+        # Both kinds in one batch: back to message order (stable: a message's own points
+        # keep theirs), so that each stream's points reach the kernel in arrival order.
+        order = np.argsort(np.concatenate([plain.order, self.order]), kind="stable")
+        streams = [*plain.streams, *self.streams]
+        return (
+            [streams[i] for i in order.tolist()],
+            np.concatenate([plain.ts, listed[1]])[order],
+            np.concatenate([plain.values, listed[2]])[order],
+            np.concatenate([plain.offsets, listed[3]])[order],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Plain:
+    """One group's plain points of a native batch (``formats.native_points``)."""
+
+    streams: list[str]
+    ts: NDArray[np.float64]  # (B,)
+    values: NDArray[np.float64]  # (B, 1)
+    offsets: NDArray[np.int64]  # (B,)
+    order: NDArray[np.int64]  # (B,) each point's message
+
+
+# The route of a plain point: (group, stream id). _NOT_PLAIN for one that is not the short
+# kind (a vector group, no group, an id that is too long): its message goes through
+# decode() and the general loop instead.
+_NOT_PLAIN: Final = (-1, "")
+_GROUP, _STREAM = itemgetter(0), itemgetter(1)
+_PLAIN_CACHE_LIMIT = 1 << 20  # routes of plain points kept; cleared when full
 
 
 class ModelGroup:
@@ -196,6 +248,8 @@ class Pipeline:
         self.counters = Counters()
         self.threshold = settings.scoring.threshold
         self.mode = settings.scoring.mode
+        # Route of a plain point by its name (untagged) or (name, tags): one dict look-up.
+        self._plain_routes: dict[str | tuple[str, str], tuple[int, str]] = {}
 
     def process(
         self,
@@ -217,13 +271,16 @@ class Pipeline:
         self.counters.messages += len(messages)
         if offsets is not None and len(offsets) != len(messages):
             raise ValueError(f"{len(offsets)} offsets for {len(messages)} messages")
-        self._gather(messages, now, offsets, points, out)
+        if self.format == "native":
+            self._gather_native(messages, now, offsets, points, out)
+        else:
+            self._gather(messages, range(len(messages)), now, offsets, points, out)
         for group, pts in zip(self.groups, points, strict=True):
-            if pts.streams:
+            if pts:
                 self._score(group, pts, now, partition, out)
         return out
 
-    def _gather(
+    def _gather_native(
         self,
         messages: Sequence[bytes],
         now: float,
@@ -231,10 +288,85 @@ class Pipeline:
         points: list[_Points],
         out: BatchOutput,
     ) -> None:
-        """Decode every message and sort its points by group; the one Python loop per point,
-        so it is kept lean (routes are cached, per-field points take the short branch)."""
+        """Plain points (one record per message, the usual case) as whole columns; the other
+        messages one by one, as any format."""
+        plain = native_points(messages)
+        rest = plain.other
+        if plain.names:
+            routed = self._gather_plain(plain, offsets, points)
+            if routed:
+                rest = sorted([*rest, *routed])
+        if rest:
+            self._gather(messages, rest, now, offsets, points, out)
+
+    def _gather_plain(
+        self, plain: PlainPoints, offsets: Sequence[int] | None, points: list[_Points]
+    ) -> list[int]:
+        """Route the plain points and hand each group its share as arrays; returns the
+        messages whose route is not plain (for the general loop)."""
+        names, tags = plain.names, plain.tags
+        # Look-ups by map() run in C; only new names take the Python route.
+        keys: list[str | tuple[str, str]] | list[str] = names
+        if any(tags):
+            keys = [n if not t else (n, t) for n, t in zip(names, tags, strict=True)]
+        routes = list(map(self._plain_routes.get, keys))
+        if None in routes:
+            for i, r in enumerate(routes):
+                if r is None:
+                    routes[i] = self._plain_route(keys[i], names[i], tags[i])
+        streams: list[str] = list(map(_STREAM, routes))  # type: ignore[arg-type]
+        groups: list[int] = list(map(_GROUP, routes))  # type: ignore[arg-type]
+        n = len(streams)
+        index = np.array(plain.index, np.int64)
+        ts = np.array(plain.ts, np.float64)
+        values = np.array(plain.values, np.float64).reshape(n, 1)
+        if offsets is None:
+            offs = np.full(n, -1, np.int64)
+        elif n == len(offsets):  # every message is a plain point
+            offs = np.array(offsets, np.int64)
+        else:
+            offs = np.array(offsets, np.int64)[index]
+        group = np.array(groups, np.int64)
+        first = groups[0]
+        if first >= 0 and (group == first).all():  # one group takes them all: no split
+            points[first].plain = _Plain(streams, ts, values, offs, index)
+            return []
+        not_plain: list[int] = []
+        for g in np.unique(group).tolist():
+            mask = group == g
+            if g < 0:
+                not_plain = index[mask].tolist()
+                continue
+            taken = [s for s, ok in zip(streams, mask.tolist(), strict=True) if ok]
+            points[g].plain = _Plain(taken, ts[mask], values[mask], offs[mask], index[mask])
+        return not_plain
+
+    def _plain_route(self, key: str | tuple[str, str], name: str, tags: str) -> tuple[int, str]:
+        r = self.router.route(name, tags, "")
+        if r is None or r.id_bytes > MAX_STREAM_ID_BYTES or self.groups[r.group].n_values != 1:
+            route = _NOT_PLAIN
+        else:
+            route = (r.group, r.stream)
+        if len(self._plain_routes) >= _PLAIN_CACHE_LIMIT:
+            self._plain_routes.clear()  # a cardinality explosion must not grow this
+        self._plain_routes[key] = route
+        return route
+
+    def _gather(
+        self,
+        messages: Sequence[bytes],
+        indices: Iterable[int],
+        now: float,
+        offsets: Sequence[int] | None,
+        points: list[_Points],
+        out: BatchOutput,
+    ) -> None:
+        """Decode the messages at ``indices`` (ascending) and sort their points by group; a
+        Python loop per point, so it is kept lean (routes are cached, per-field points take
+        the short branch)."""
         route, fmt = self.router.route, self.format
-        for index, payload in enumerate(messages):
+        for index in indices:
+            payload = messages[index]
             decoded = decode(payload, fmt, now=now)
             reasons = decoded.errors
             offset = -1 if offsets is None else offsets[index]
@@ -264,6 +396,7 @@ class Pipeline:
                     pts.streams.append(r.stream)
                     pts.ts.append(ts)
                     pts.offsets.append(offset)
+                    pts.order.append(index)
             if reasons:
                 self.counters.decode_errors += len(reasons)
                 out.dead_letters.append(DeadLetter(bytes(payload), reasons, index))
@@ -271,11 +404,8 @@ class Pipeline:
     def _score(
         self, group: ModelGroup, pts: _Points, now: float, partition: int, out: BatchOutput
     ) -> None:
-        ts = np.array(pts.ts, np.float64)
-        values = np.array(pts.values, np.float64).reshape(len(pts.ts), group.n_values)
-        offsets = np.array(pts.offsets, np.int64)
+        streams, ts, values, offsets = pts.arrays(group.n_values)
         finite = np.isfinite(values).all(axis=1) & np.isfinite(ts)
-        streams = pts.streams
         if not finite.all():
             self.counters.non_finite += int((~finite).sum())
             streams = [s for s, ok in zip(streams, finite.tolist(), strict=True) if ok]
@@ -374,6 +504,18 @@ class Pipeline:
         for group in self.groups:
             table = group.tables.pop(partition, None)
             n += len(table) if table is not None else 0
+        return n
+
+    def forget_offsets(self, partition: int) -> int:
+        """Forget the input offsets the streams of ``partition`` reflect (the input topic was
+        deleted and created again, so its offsets start over and the stored ones would skip
+        new points as replayed); returns how many streams."""
+        n = 0
+        for group in self.groups:
+            table = group.tables.get(partition)
+            if table is not None:
+                table.offset[table.live_slots()] = -1
+                n += len(table)
         return n
 
     def partitions(self) -> set[int]:

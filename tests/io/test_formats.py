@@ -686,3 +686,87 @@ def test_influx_fast_path_agrees_with_the_slow_path(line):
     slow, _ = formats._lp_slow(line, 0, NOW)
     if fast is not None:
         assert fast == slow
+
+
+# --- the native batch fast path -------------------------------------------------------------
+
+
+def agrees_with_decode(payloads: list[bytes]) -> formats.PlainPoints:
+    """native_points gives, for each plain point, what decode() gives (one sample, no error)."""
+    plain = formats.native_points(payloads)
+    assert sorted(plain.index + plain.other) == list(range(len(payloads)))
+    assert plain.index == sorted(plain.index) and plain.other == sorted(plain.other)
+    columns = zip(plain.index, plain.names, plain.tags, plain.ts, plain.values, strict=True)
+    for i, name, tags, ts, value in columns:
+        expected = Decoded([Sample(name, tags, ts, {"": value})], [])
+        assert decode(payloads[i], "native") == expected
+        assert type(ts) is float and type(value) is float
+    return plain
+
+
+def test_native_points_takes_plain_records_and_leaves_the_rest_to_decode():
+    plain_ones = [
+        b'{"stream":"web-1.cpu","ts":1700000000,"value":0.73}',
+        b'{"stream": "a", "ts": 1700000000123, "value": 5}',  # milliseconds, an int value
+        b'{"value": -1.5, "ts": 1.5, "stream": "a", "note": "x"}',  # other members ignored
+        b'{"stream":"a","ts":1,"value":1,"tags":{"dc":"fra","a":""}}',
+        b'{"stream":"a","ts":1,"value":1,"tags":null}\n',  # a trailing newline
+        b'{"stream":"a{b}","ts":-62135596800,"value":1e308}',
+    ]
+    other_ones = [
+        b"",
+        b"{not json",
+        b"\xff\xfe",
+        b"[1]",
+        b'{"stream":"a","ts":1,"value":1}\n{"stream":"a","ts":2,"value":2}',
+        b'{"stream":\n"abc"\n,"ts":1,"value":2}',  # decode() reads line 2 on its own
+        b'{"stream":"a","ts":"2024-01-01T00:00:00Z","value":1}',  # RFC 3339
+        b'{"stream":"a","ts":1700000000000000,"value":1}',  # microseconds
+        b'{"stream":"a","ts":-1e11,"value":1}',
+        b'{"stream":"a","ts":true,"value":1}',
+        b'{"stream":"a","ts":1,"value":true}',
+        b'{"stream":"a","ts":1,"value":"1"}',
+        b'{"stream":"","ts":1,"value":1}',
+        b'{"stream":"a","ts":1,"value":1,"values":{"x":1}}',
+        b'{"stream":"a","ts":1,"values":{"x":1}}',
+        b'{"stream":"a","ts":1,"value":1,"tags":{"dc":1}}',
+        b'{"stream":"a","ts":1,"value":1,"tags":{"":"x"}}',
+    ]
+    payloads = [p for pair in zip(plain_ones, other_ones, strict=False) for p in pair]
+    payloads += other_ones[len(plain_ones) :]
+    plain = agrees_with_decode(payloads)
+    assert [payloads[i] for i in plain.index] == plain_ones
+    assert [payloads[i] for i in plain.other] == other_ones
+    assert plain.tags[3] == "{dc=fra}" and plain.ts[1] == 1_700_000_000.123
+    assert formats.native_points([memoryview(plain_ones[0])]).other == [0]  # bytes only
+
+
+NUMBERS = st.integers(min_value=-(2**63), max_value=2**64 - 1) | st.floats(
+    allow_nan=False, allow_infinity=False
+)
+PLAIN_KEYS = st.sampled_from(["stream", "ts", "value", "values", "tags", "x"])
+PLAIN_LIKE = st.builds(
+    lambda base, changes, dropped: {k: v for k, v in (base | changes).items() if k not in dropped},
+    st.fixed_dictionaries(
+        {
+            "stream": st.sampled_from(["s", "a{b}", "é"]),
+            "ts": st.sampled_from([1, -1e11, 1e11, 1e14 - 1, 1e14, 1.5, -62135596801]) | NUMBERS,
+            "value": NUMBERS,
+        },
+        optional={"tags": st.dictionaries(st.sampled_from(["a", "", "b"]), st.text(max_size=2))},
+    ),
+    st.dictionaries(PLAIN_KEYS, JSON_DOCUMENTS, max_size=2) | st.just({}),
+    st.sets(PLAIN_KEYS, max_size=1),
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(PLAIN_LIKE, max_size=6), st.sampled_from([b"", b"\n", b" ", b"\n\n"]))
+def test_native_points_agrees_with_decode(documents, end):
+    agrees_with_decode([orjson.dumps(doc) + end for doc in documents])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=60), max_size=4))
+def test_native_points_agrees_with_decode_on_arbitrary_bytes(payloads):
+    agrees_with_decode(payloads)

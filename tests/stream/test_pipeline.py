@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 import zlib
 
@@ -11,6 +12,8 @@ import pytest
 
 from detector.config import GroupSettings, RunSettings, ScoringSettings, Settings, StreamSettings
 from detector.errors import ConfigError
+from detector.io.formats import PlainPoints
+from detector.stream import pipeline as pipeline_module
 from detector.stream.pipeline import Pipeline
 from detector.stream.routing import Router
 
@@ -197,3 +200,71 @@ def test_restore_refuses_states_of_unknown_groups_or_layouts() -> None:
     other = Pipeline(settings(model={"hidden_size": 8}), instance="t")
     assert other.restore_streams(0, {("nope", "a"): state, (group, stream): state}, 0.0) == (0, 2)
     assert pipe.drop_partition(0) == 1 and pipe.partitions() == set()
+
+
+def general_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every native message through decode() one by one, as before the plain-point path."""
+
+    def nothing_plain(payloads):  # type: ignore[no-untyped-def]
+        return PlainPoints([], [], [], [], [], list(range(len(payloads))))
+
+    monkeypatch.setattr(pipeline_module, "native_points", nothing_plain)
+
+
+def test_plain_points_score_as_the_general_path_in_mixed_batches(monkeypatch) -> None:
+    """Plain points go through the pipeline as columns and the rest one by one; merged back
+    in message order, everything (alerts, dead letters, counters, states, scores) equals
+    decoding every message on its own."""
+    groups = [
+        GroupSettings(name="cpu", match=["*.cpu*"], hidden_size=4),
+        GroupSettings(name="io", match=["disk*"], layout="vector", fields=["read", "write"]),
+    ]
+    rng = np.random.default_rng(7)
+    batches: list[list[bytes]] = []
+    for b in range(6):
+        batch: list[bytes] = []
+        for k in range(60):
+            i = 60 * b + k
+            t = T0 + 60 * i
+            v = float(50 + rng.normal() + (40 if i in (200, 300) else 0))
+            batch += [native("web-1.cpu", t, v), native("db", t, v), native("web-2.cpu", t, -v)]
+            batch.append(orjson.dumps({"stream": "web", "ts": t, "value": v, "tags": {"h": "a"}}))
+            batch.append(native("disk", t, {"read": v, "write": 2 * v}))
+            if k % 7 == 0:  # two points in one message, after plain points of the streams
+                two = [native("web-2.cpu", t + 20, v), native("web-1.cpu", t + 40, v + 1)]
+                batch.append(b"\n".join(two))
+            if k % 11 == 0:  # not JSON, a value null (from NaN), out of order
+                batch += [b"{not json", native("db", t + 30, math.nan), native("db", t - 1, v)]
+                batch.append(native("x" * 2000, t, v))  # id too long: a dead letter
+                batch.append(native("disk", t + 30, 1.0))  # not a vector field: "default"
+        batches.append(batch)
+
+    def run() -> tuple[list[object], Pipeline]:
+        pipe = Pipeline(settings(groups=groups), instance="t")
+        got: list[object] = []
+        offset = 0
+        for batch in batches:
+            offsets = list(range(offset, offset + len(batch)))
+            offset += len(batch)
+            out = pipe.process(batch, now=0.0, partition=1, offsets=offsets, keep_scores=True)
+            got.append(out.alerts)
+            got.append([(d.payload, d.reasons, d.index) for d in out.dead_letters])
+            assert out.scores is not None
+            got.append(
+                [
+                    (s.group, s.streams, s.ts.tolist(), s.value.tolist(), s.score.tolist())
+                    for s in out.scores
+                ]
+            )
+        got.append(pipe.counters.as_dict())
+        got.append({g.name: g.tables[1].to_bytes() for g in pipe.groups if 1 in g.tables})
+        return got, pipe
+
+    fast, pipe = run()
+    c = pipe.counters
+    assert (c.alerts >= 2, c.decode_errors, c.out_of_order, c.incomplete) == (True, 108, 36, 0)
+    assert c.points == c.messages - 108 + 54  # 54 messages of two points
+    with monkeypatch.context() as patched:
+        general_path_only(patched)
+        general, _ = run()
+    assert fast == general
