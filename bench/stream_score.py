@@ -786,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  (to compare, install torch in a separate virtualenv: see bench/README.md)")
     print(
         "model: persistence start (LSTMParams.init_persistence), residual linear head; scoring: "
-        f"zscore, default settings; malloc for the rounds: {malloc}"
+        f"{ScoringSettings().mode}, default settings; malloc for the rounds: {malloc}"
     )
     peer_diffs: dict[str, float] = {}
     for p in (params_check, params):

@@ -554,14 +554,21 @@ _DOT_FASTMATH = {*LSTM_FASTMATH, "reassoc"}
 
 
 @njit(cache=True, nogil=True, fastmath=_DOT_FASTMATH, error_model="numpy")
-def _dot_rows(a, v, y, d):  # type: ignore[no-untyped-def]  # pragma: no cover
-    """y[n, d] = a[n] . v for every row of a (N, K); v (K,) contiguous."""
+def _dot_rows(a, v, bias, x, y, d):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """y[n, d] = a[n] . v + bias (+ x[n, d] when x has rows: a residual head) for every
+    row of a (N, K); v (K,) contiguous. The head's bias and residual are added here, in the
+    order _head_rows adds them for D_out > 1, instead of in another pass over y (which cost
+    as much as the products)."""
     N, K = a.shape
+    residual = x.shape[0] > 0
     for n in range(N):
         row = a[n]
         acc = _zero(y)
         for k in range(K):
             acc += row[k] * v[k]
+        acc += bias
+        if residual:
+            acc += x[n, d]
         y[n, d] = acc
 
 
@@ -585,9 +592,11 @@ def _head_rows(h_top, x_in, theta, shape: ModelShape, q_out, y_out):  # type: ig
                     q_out[n, k] = tanh(v)
         top = q_out
     if D == 1:
-        _dot_rows(top, V2.reshape(V2.shape[0]), y_out, 0)
-    else:
-        _matmul(top, V2, y_out)
+        _dot_rows(
+            top, V2.reshape(V2.shape[0]), a2[0], x_in if shape.residual else x_in[:0], y_out, 0
+        )
+        return
+    _matmul(top, V2, y_out)
     for n in range(N):
         for d in range(D):
             y_out[n, d] += a2[d]
@@ -766,11 +775,15 @@ def _cell_update_rows(gates, hc, rows, l, h_out):  # type: ignore[no-untyped-def
     (S, 4H; overwritten), c_{t-1} read from and c_t, h_t written to hc[rows[n], l]; h_t
     also into h_out (S, H), the next layer's (or the head's) input.
 
-    Three divisions per unit instead of five (the divider limits this pass): with
-    E(x) = exp(-x) (neg_exp), σ(a) = 1 / (1 + E(a)) and tanh(b) = (1 - E(2b)) / (1 + E(2b)),
-        i_t ⊙ g_t = (1 - E(2g)) / ((1 + E(i)) (1 + E(2g)))
-        h_t = o_t ⊙ tanh(c_t) = (1 - E(2c_t)) / ((1 + E(o)) (1 + E(2c_t)))
-    and f_t = σ(f) alone. Two passes over few arrays each, as in _cell_update.
+    With E(x) = exp(-x) (neg_exp), σ(a) = 1 / (1 + E(a)) and tanh(b) = (1 - E(2b)) / (1 + E(2b)),
+    and e_i = E(i), e_f = E(f), e_g = E(2g), e_o = E(o), p = (1 + e_i)(1 + e_g):
+        c_t = f_t c_{t-1} + i_t g_t = (c_{t-1} p + (1 - e_g)(1 + e_f)) / ((1 + e_f) p)
+        h_t = o_t tanh(c_t) = (1 - E(2c_t)) / ((1 + e_o)(1 + E(2c_t)))
+    Two divisions per unit (the divider limits these passes). Three passes, each over few
+    arrays (as in _cell_update): the four E per unit, in place, one gate block at a time (a
+    loop per block, with one array, has no overlap to check, and its iterations are
+    independent: a fused pass per unit ran one long dependency chain per row); then c_t;
+    then h_t.
     """
     S = rows.shape[0]
     H = h_out.shape[1]
@@ -778,30 +791,34 @@ def _cell_update_rows(gates, hc, rows, l, h_out):  # type: ignore[no-untyped-def
     two = one + one
     for n in range(S):
         # Views from index 0 per gate block (see _cell_update).
-        a_i = gates[n, :H]
-        a_f = gates[n, H : 2 * H]
-        a_g = gates[n, 2 * H : 3 * H]
-        a_o = gates[n, 3 * H :]
+        a = gates[n, : 2 * H]  # i and f
+        for j in range(2 * H):
+            a[j] = neg_exp(a[j])
+        a = gates[n, 2 * H : 3 * H]  # g: tanh needs E(2g)
         for j in range(H):
-            e_i = neg_exp(a_i[j])
-            e_g = neg_exp(two * a_g[j])
-            a_i[j] = (one - e_g) / ((one + e_i) * (one + e_g))  # i_t ⊙ g_t
-            a_f[j] = one / (one + neg_exp(a_f[j]))  # f_t
-            a_o[j] = one + neg_exp(a_o[j])  # 1 / o_t
+            a[j] = neg_exp(two * a[j])
+        a = gates[n, 3 * H :]  # o
+        for j in range(H):
+            a[j] = neg_exp(a[j])
     for n in range(S):
         g = gates[n]
-        ig = g[:H]
-        f_t = g[H : 2 * H]
-        inv_o = g[3 * H :]
+        e_i = g[:H]
+        e_f = g[H : 2 * H]
+        e_g = g[2 * H : 3 * H]
+        c_row = hc[rows[n], l, 1]
+        for j in range(H):
+            p_ig = (one + e_i[j]) * (one + e_g[j])
+            p_f = one + e_f[j]
+            c_row[j] = (c_row[j] * p_ig + (one - e_g[j]) * p_f) / (p_f * p_ig)
+    for n in range(S):
+        e_o = gates[n, 3 * H :]
         state = hc[rows[n], l]
         h_row = state[0]
         c_row = state[1]
         out = h_out[n]
         for j in range(H):
-            c_t = f_t[j] * c_row[j] + ig[j]
-            e_c = neg_exp(two * c_t)
-            h_t = (one - e_c) / (inv_o[j] * (one + e_c))
-            c_row[j] = c_t
+            e_c = neg_exp(two * c_row[j])
+            h_t = (one - e_c) / ((one + e_o[j]) * (one + e_c))
             h_row[j] = h_t
             out[j] = h_t
 

@@ -375,17 +375,22 @@ def test_neg_exp_is_exp_of_minus_x_clamped(dtype):
 
 
 @njit(cache=False)
-def dot_rows_jitted(a, v, y):  # type: ignore[no-untyped-def]
-    lstm._dot_rows(a, v, y, 0)
+def dot_rows_jitted(a, v, bias, x, y):  # type: ignore[no-untyped-def]
+    lstm._dot_rows(a, v, bias, x, y, 0)
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K", [1, 5, 32, 37])
-def test_dot_rows_equals_numpy(K, dtype):
+def test_dot_rows_equals_numpy(K, dtype, residual):
+    """y = a v + bias (+ x: the residual head's input, when x has rows)."""
     rng = np.random.default_rng(12)
     a = rng.standard_normal((9, K)).astype(dtype)
     v = rng.standard_normal(K).astype(dtype)
+    x = rng.standard_normal((9 if residual else 0, 1)).astype(dtype)
+    bias = dtype(0.25)
     y = np.full((9, 1), np.nan, dtype)
-    dot_rows_jitted(a, v, y)
-    npt.assert_allclose(y[:, 0], a.astype(np.float64) @ v, rtol=TOL[dtype]["rtol"],
-                        atol=4 * np.finfo(dtype).eps * K)  # fmt: skip
+    dot_rows_jitted(a, v, bias, x, y)
+    want = a.astype(np.float64) @ v + 0.25 + (x[:, 0] if residual else 0.0)
+    npt.assert_allclose(y[:, 0], want, rtol=TOL[dtype]["rtol"],
+                        atol=4 * np.finfo(dtype).eps * (K + 2))  # fmt: skip
