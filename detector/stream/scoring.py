@@ -2,10 +2,12 @@
 
 For every point, in arrival order per stream (DESIGN.md, "the hot path"):
 
-0. A point whose input offset is at or below its stream's (it was applied before the state
-   was saved; Kafka replay) is skipped: status REPLAYED, nothing of the stream changes.
-   Otherwise, once handled (scored, first of its stream, or dropped), its offset (when
-   >= 0) becomes the stream's.
+0. A point whose input offset is below its stream's, or equal to it while no point of this
+   call set it (it was applied before the state was saved; Kafka replay), is skipped:
+   status REPLAYED, nothing of the stream changes. Otherwise, once handled (scored, first
+   of its stream, or dropped), its offset (when >= 0) becomes the stream's. (A message may
+   hold several points of one stream, all at its offset; its points are always in one
+   call, and a state is saved only between calls.)
 1. A point not newer than its stream's last one is dropped (status DROPPED). A gap longer
    than ``gap_factor`` usual intervals resets the stream (policy "reset": it starts over as a
    new stream, warm-up included) or is noted and passed (policy "continue").
@@ -77,6 +79,7 @@ from detector.stream.state import (
     ERR_VAR,
     IN_WAVE,
     MARKED,
+    OFFSET_SET,
     StreamStateTable,
     TableLayout,
 )
@@ -453,7 +456,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     predicted[p, d] = np.nan
                 off = offsets[p] if use_offsets else -1
                 # 0. a replay of a point the state already reflects
-                if off >= 0 and off <= stream_offsets[s]:
+                if off >= 0 and (
+                    off < stream_offsets[s]
+                    or (off == stream_offsets[s] and not flags[s] & OFFSET_SET)
+                ):
                     status[p] = REPLAYED
                     continue
                 # 1. disorder and gaps
@@ -461,7 +467,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     status[p] = DROPPED
                     if off >= 0:
                         stream_offsets[s] = off
-                        flags[s] |= DIRTY
+                        flags[s] |= DIRTY | OFFSET_SET
                     continue
                 if n >= 2 and t - rec_d[s, c_last_ts] > gap_factor * rec_f[s, c_err + DT_MEAN]:
                     if gap_reset:
@@ -643,6 +649,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 rec_d[s, c_last_ts] = ts[p]
                 if use_offsets and offsets[p] >= 0:
                     stream_offsets[s] = offsets[p]
+                    flags[s] |= OFFSET_SET
 
             if m > 0:  # one LSTM step for the chunk, on the rows in place (prefetched above)
                 lstm_step_rows(
@@ -657,6 +664,9 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
         for i in range(n_later):
             order[i] = later[i]
         hi = n_later
+    if use_offsets:
+        for p in range(slots.shape[0]):
+            flags[slots[p]] &= 0xFF ^ OFFSET_SET
     return 0
 
 

@@ -24,9 +24,9 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
     err_ring    (E,)            dynamic threshold only: the last E smoothed errors
     flags       ()              bit DIRTY: changed since the last ``take_dirty``; bit MARKED:
                                 some mark is set (else the kernel need not touch ``marks``
-                                for a point that does not exceed); bit IN_WAVE: the
-                                kernel's, within one call. Not saved: MARKED is recomputed
-                                from the marks on restore
+                                for a point that does not exceed); bits IN_WAVE and
+                                OFFSET_SET: the kernel's, within one call. Not saved:
+                                MARKED is recomputed from the marks on restore
     last_seen   ()              wall-clock time of the last point, for idle eviction (not saved)
     offset      ()              input offset of the last point handled, -1 before any: a
                                 point at or below it is a replay and is skipped (Kafka,
@@ -80,6 +80,10 @@ ERR_COLUMNS = 5
 DIRTY = 1
 MARKED = 2
 IN_WAVE = 4  # the scoring kernel's, set and cleared within one call
+# The scoring kernel's, set and cleared within one call: a point of this call moved the
+# stream's offset, so a later point at that same offset is of the same message (an Influx
+# or Telegraf message holds several points of a stream), not a replay.
+OFFSET_SET = 8
 
 _INITIAL_CAPACITY = 1024
 _LINE = 64  # bytes of a cache line: records and rows start on one

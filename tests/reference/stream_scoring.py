@@ -100,6 +100,7 @@ class RefStream:
     history: list[bool] = field(init=False)
     cooldown: int = 0
     offset: int = -1  # input offset of the last point handled (not reset by a gap)
+    offset_batch: int = -1  # the batch (RefScorer.batch) whose point set it
 
     def __post_init__(self) -> None:
         self.reset()
@@ -153,6 +154,11 @@ class RefScorer:
         ]
         self.streams: dict[str, RefStream] = {}
         self.pruned = 0  # dynamic mode: points above eps whose run pruning removed
+        self.batch = 0  # which kernel call the points belong to: new_batch() between calls
+
+    def new_batch(self) -> None:
+        """The next points are of another kernel call (a state may have been saved)."""
+        self.batch += 1
 
     def alpha(self, span: int) -> float:
         return 2.0 / (span + 1.0)
@@ -171,10 +177,15 @@ class RefScorer:
                 st.buffer_len,
                 sc.dynamic_window if sc.mode == "dynamic" else 0,
             )
-        if 0 <= offset <= s.offset:
+        # At its stream's offset: a replay, unless a point of this batch set that offset
+        # (then it is of the same message).
+        if offset >= 0 and (
+            offset < s.offset or (offset == s.offset and s.offset_batch != self.batch)
+        ):
             return RefResult("replayed", "")
         if offset >= 0:
             s.offset = offset  # dropped or not, the point has been handled
+            s.offset_batch = self.batch
         if s.seen > 0 and ts <= s.last_ts:
             return RefResult("dropped", "")
         gap = ""

@@ -193,6 +193,19 @@ def test_changelog_restore_then_replay_skips_what_the_state_already_has() -> Non
         second.process(messages[:2], now=0.0, offsets=[1])
 
 
+def test_a_message_with_several_points_of_a_stream_scores_them_all_in_kafka_mode() -> None:
+    """Telegraf sends many lines per message: every point of a stream in it carries the
+    message's offset, and none of them is a replay."""
+    lines = [f"cpu,host=a usage={50 + i % 7} {(T0 + 60 * i) * 10**9}" for i in range(300)]
+    messages = ["\n".join(lines[i : i + 10]).encode() for i in range(0, 300, 10)]
+    pipe = Pipeline(settings(run=RunSettings(format="influx")), instance="t")
+    out = pipe.process(messages, now=0.0, offsets=list(range(100, 130)), keep_scores=True)
+    assert pipe.counters.replayed == 0 and pipe.counters.points == 300
+    assert out.scores is not None and sum(len(s.streams) for s in out.scores) == 300
+    again = pipe.process(messages[-3:], now=0.0, offsets=[127, 128, 129])
+    assert pipe.counters.replayed == 30 and not again.alerts  # the same messages again
+
+
 def test_restore_refuses_states_of_unknown_groups_or_layouts() -> None:
     pipe = Pipeline(settings(), instance="t")
     pipe.process(steady_with_spike("a", n=10), now=0.0)

@@ -19,7 +19,7 @@ from detector.stream.scoring import (
     ScoringConfig,
     score_batch,
 )
-from detector.stream.state import StreamStateTable, TableLayout
+from detector.stream.state import OFFSET_SET, StreamStateTable, TableLayout
 from detector.stream.threshold import tail_scores
 from tests.reference.stream_scoring import RefScorer, ref_tail_score
 
@@ -174,6 +174,7 @@ def test_kernel_equals_point_by_point_reference(case: str) -> None:
         hi = lo + 97
         batch = (keys[lo:hi], ts[lo:hi], values[lo:hi], offsets[lo:hi])
         parts.append(run_batches(table, params, config, *batch[:3], 97, batch[3]))
+        ref.new_batch()
         want += [ref.point(k, t, v, int(o)) for k, t, v, o in zip(*batch, strict=True)]
         for key, stream in ref.streams.items():
             _, marks = table.ring_window(key)
@@ -356,6 +357,25 @@ def test_replayed_points_change_nothing_and_a_newer_one_goes_on() -> None:
     assert table.offset_of("a") == 8
     with pytest.raises(ValueError, match="offsets"):
         score_batch(table, params, config, slots, np.ones(2), np.ones((2, 1)), np.ones(2))
+
+
+def test_points_of_one_message_share_its_offset_and_are_all_scored() -> None:
+    """An Influx or Telegraf message holds several points of a stream at one offset: all
+    are scored; after a save and restore, the same message again is a replay."""
+    table, params, config = make_group(ScoringSettings(), StreamSettings(), dtype="float32")
+    slots = table.slots(["a", "b", "a", "a"], now=0.0)
+    ts, values = np.array([1.0, 1.0, 2.0, 3.0]), np.ones((4, 1))
+    out = score_batch(table, params, config, slots, ts, values, np.array([5, 5, 5, 6]))
+    assert out.status.tolist() == [NO_PREDICTION, NO_PREDICTION, SCORED, SCORED]
+    assert table.offset_of("a") == 6 and table.offset_of("b") == 5
+    assert not (table.flags & OFFSET_SET).any()  # the kernel's own, within a call
+    again = StreamStateTable(table.layout, max_streams=10)
+    for key in table:
+        again.restore_stream(key, table.stream_bytes(key), now=0.0)
+    slots = again.slots(["a", "b", "a", "a", "b"], now=0.0)
+    ts, values = np.array([1.0, 1.0, 2.0, 3.0, 4.0]), np.ones((5, 1))
+    out = score_batch(again, params, config, slots, ts, values, np.array([5, 5, 5, 6, 7]))
+    assert out.status.tolist() == [REPLAYED] * 4 + [SCORED]
 
 
 def test_tail_scores_equal_the_reference_everywhere() -> None:
