@@ -20,6 +20,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
+from .daemon import Daemon, Topics
+
 INTEGRATION_DIR = Path(__file__).resolve().parent
 KAFKA_SH = INTEGRATION_DIR.parents[1] / "deploy" / "kafka" / "kafka.sh"
 # Covers a cold `fetch` (Maven downloading every jar) plus kafka.sh's own 90 s start timeout.
@@ -154,3 +156,17 @@ async def new_topic(
         yield create
     finally:
         await admin.close()
+
+
+@pytest.fixture
+def topics() -> Topics:
+    return Topics.fresh()
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    """Daemons a test starts; killed at its end whatever happened."""
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.ensure_dead()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,19 @@ class Topics:
     changelog: str
     models: str
     group: str
+
+    @classmethod
+    def fresh(cls) -> Topics:
+        """Names no other test uses (the broker may be shared: KAFKA_BOOTSTRAP_SERVERS)."""
+        tag = uuid.uuid4().hex[:10]
+        return cls(
+            input=f"metrics-{tag}",
+            alerts=f"alerts-{tag}",
+            dead_letter=f"dead-{tag}",
+            changelog=f"changelog-{tag}",
+            models=f"models-{tag}",
+            group=f"detector-{tag}",
+        )
 
 
 @dataclass

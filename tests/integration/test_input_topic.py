@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import orjson
-import pytest
 from aiokafka.admin import NewTopic
 
 from detector.config import load_settings
@@ -39,30 +36,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@pytest.fixture
-def daemons() -> Any:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.ensure_dead()
-
-
 async def test_a_deleted_input_topic_is_waited_for_and_read_anew(
-    kafka_bootstrap: str, daemons: list[Daemon], tmp_path: Path
+    kafka_bootstrap: str, daemons: list[Daemon], topics: Topics, tmp_path: Path
 ) -> None:
     """Deleted: the revoke's commit fails instead of retrying for ever, the daemon is not
     ready (with the reason), idles and still stops on SIGTERM. Created again: the group
     takes it up, and the new log is read from its start, none of it skipped as replayed
     because of the old log's offsets."""
-    tag = uuid.uuid4().hex[:10]
-    topics = Topics(
-        input=f"metrics-{tag}",
-        alerts=f"alerts-{tag}",
-        dead_letter=f"dead-{tag}",
-        changelog=f"changelog-{tag}",
-        models=f"models-{tag}",
-        group=f"detector-{tag}",
-    )
     config = write_config(
         tmp_path / "detector.toml",
         kafka_bootstrap,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,27 +57,6 @@ def make_points(seed: int = 0) -> list[tuple[bytes, bytes]]:
             doc = {"stream": stream, "ts": T0 + 60 * t, "value": round(float(value), 4)}
             messages.append((stream.encode(), orjson.dumps(doc)))
     return messages
-
-
-@pytest.fixture
-def topics() -> Topics:
-    tag = uuid.uuid4().hex[:10]
-    return Topics(
-        input=f"metrics-{tag}",
-        alerts=f"alerts-{tag}",
-        dead_letter=f"dead-{tag}",
-        changelog=f"changelog-{tag}",
-        models=f"models-{tag}",
-        group=f"detector-{tag}",
-    )
-
-
-@pytest.fixture
-def daemons() -> Any:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.ensure_dead()
 
 
 def random_model(settings: Settings) -> LSTMParams:
