@@ -107,10 +107,8 @@ def replay_state(
     seen = seen[seen > 0]
     start = seen - np.minimum(seen, table.layout.buffer_len)
     fresh = np.ones(slots.size, np.bool_)
-    replay_rows(
-        table.ring, slots, start, seen, fresh, params.theta, params.shape, table.hc, table.pred,
-        chunk,
-    )  # fmt: skip
+    theta, shape = params.theta, params.shape
+    replay_rows(table.ring, slots, start, seen, fresh, theta, shape, table.hc, table.pred, chunk)
     return int(slots.size)
 
 

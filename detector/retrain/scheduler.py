@@ -334,8 +334,8 @@ class Retrainer:
             except Exception as exc:  # noqa: BLE001
                 del self._swaps[name]
                 reason = f"model swap failed: {type(exc).__name__}: {exc}"
-                log.error("model_swap_failed", group=name, version=pending.swap.version,
-                          error=reason)  # fmt: skip
+                version = pending.swap.version
+                log.error("model_swap_failed", group=name, version=version, error=reason)
                 self._restore_pointer(pending.swap.group)
                 if pending.result is not None:
                     failed = dataclasses.replace(pending.result, result="failed", reason=reason)
@@ -406,8 +406,8 @@ class Retrainer:
                 normalization=self._normalization(),
             ),
         )
-        log.info("retraining_started", group=group.name, streams=data["streams"],
-                 parent=group.version)  # fmt: skip
+        streams = data["streams"]
+        log.info("retraining_started", group=group.name, streams=streams, parent=group.version)
         return job
 
     def _collect(
@@ -642,8 +642,8 @@ class Retrainer:
         pending = self._swaps.pop(name, None)
         if pending is None:
             return
-        log.info("model_swap_superseded", group=name, version=pending.swap.version,
-                 by=superseded_by)  # fmt: skip
+        version = pending.swap.version
+        log.info("model_swap_superseded", group=name, version=version, by=superseded_by)
         if pending.result is not None:
             reason = f"superseded by {superseded_by} before its weights went into effect"
             failed = dataclasses.replace(pending.result, result="failed", reason=reason)

@@ -141,9 +141,17 @@ class _Shadow:
 
     def run(self, r: _Round, params: LSTMParams) -> None:
         replay_rows(
-            r.ring, r.rows, r.start, r.stop, r.fresh, params.theta, params.shape, self.hc,
-            self.pred, REPLAY_CHUNK,
-        )  # fmt: skip
+            r.ring,
+            r.rows,
+            r.start,
+            r.stop,
+            r.fresh,
+            params.theta,
+            params.shape,
+            self.hc,
+            self.pred,
+            REPLAY_CHUNK,
+        )
 
     def adopt(self) -> None:
         """The table takes the shadow's h, c and its rows' predictions."""

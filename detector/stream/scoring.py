@@ -644,12 +644,12 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                             marked = marked or row[b] != 0
                         if not marked:
                             fl &= 0xFF ^ MARKED
+                if use_offsets and offsets[p] >= 0:
+                    stream_offsets[s] = offsets[p]
+                    fl |= OFFSET_SET
                 flags[s] = fl
                 rec_q[s, c_seen] = n + 1
                 rec_d[s, c_last_ts] = ts[p]
-                if use_offsets and offsets[p] >= 0:
-                    stream_offsets[s] = offsets[p]
-                    flags[s] |= OFFSET_SET
 
             if m > 0:  # one LSTM step for the chunk, on the rows in place (prefetched above)
                 lstm_step_rows(

@@ -227,7 +227,7 @@ def test_the_retrainer_puts_requested_weights_into_effect_through_poll():
     asyncio.run(retrainer.poll(0.0, start=False))
     assert len(worker.queue) == 1 and feed.group.version == "old"
     retrainer.request_swap(feed.group, feed.new, "new")  # on its way: nothing more to do
-    assert len(retrainer._swaps) == 1
+    assert retrainer.swapping() == {"default": "new"} and len(worker.queue) == 1
     for _ in range(10):
         asyncio.run(retrainer.poll(0.0, start=False))
         worker.run()
