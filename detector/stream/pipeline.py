@@ -68,7 +68,10 @@ class Counters:
     evicted: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in _COUNTER_NAMES}
+
+
+_COUNTER_NAMES = tuple(f.name for f in fields(Counters))  # fields() is slow, and every batch asks
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,14 @@ class _Points:
             np.concatenate([plain.values, listed[2]])[order],
             np.concatenate([plain.offsets, listed[3]])[order],
         )
+
+
+def _offsets_array(offsets: Sequence[int]) -> NDArray[np.int64]:
+    """Offsets as an array; a range (consecutive offsets, the usual Kafka batch) needs no
+    element-by-element conversion."""
+    if isinstance(offsets, range):
+        return np.arange(offsets.start, offsets.stop, offsets.step, dtype=np.int64)
+    return np.array(offsets, np.int64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,20 +328,21 @@ class Pipeline:
         streams: list[str] = list(map(_STREAM, routes))  # type: ignore[arg-type]
         groups: list[int] = list(map(_GROUP, routes))  # type: ignore[arg-type]
         n = len(streams)
-        index = np.array(plain.index, np.int64)
+        every = not plain.other  # every message is a plain point
+        index = np.arange(n, dtype=np.int64) if every else np.array(plain.index, np.int64)
         ts = np.array(plain.ts, np.float64)
         values = np.array(plain.values, np.float64).reshape(n, 1)
         if offsets is None:
             offs = np.full(n, -1, np.int64)
-        elif n == len(offsets):  # every message is a plain point
-            offs = np.array(offsets, np.int64)
+        elif every:
+            offs = _offsets_array(offsets)
         else:
-            offs = np.array(offsets, np.int64)[index]
-        group = np.array(groups, np.int64)
+            offs = _offsets_array(offsets)[index]
         first = groups[0]
-        if first >= 0 and (group == first).all():  # one group takes them all: no split
+        if first >= 0 and groups.count(first) == n:  # one group takes them all: no split
             points[first].plain = _Plain(streams, ts, values, offs, index)
             return []
+        group = np.array(groups, np.int64)
         not_plain: list[int] = []
         for g in np.unique(group).tolist():
             mask = group == g
@@ -424,10 +436,12 @@ class Pipeline:
         scores = score_batch(table, group.params, group.config, slots, ts, values, with_offsets)
         c = self.counters
         c.points += len(streams)
-        c.out_of_order += int((scores.status == DROPPED).sum())
-        c.replayed += int((scores.status == REPLAYED).sum())
-        c.gap_resets += int((scores.gap == GAP_RESET).sum())
-        c.gaps_continued += int((scores.gap == GAP_CONTINUED).sum())
+        status = np.bincount(scores.status, minlength=REPLAYED + 1)
+        gap = np.bincount(scores.gap, minlength=GAP_CONTINUED + 1)
+        c.out_of_order += int(status[DROPPED])
+        c.replayed += int(status[REPLAYED])
+        c.gap_resets += int(gap[GAP_RESET])
+        c.gaps_continued += int(gap[GAP_CONTINUED])
         for i in np.flatnonzero(scores.alert).tolist():
             out.alerts.append(self._alert(group, streams[i], ts, values, scores, i))
         c.alerts += int(scores.alert.sum())

@@ -83,3 +83,26 @@ async def test_batches_queued_during_an_outage_arrive_once_it_ends(
     finally:
         await producer.stop()
     assert await _read(kafka_bootstrap, topic, 0) == [(b"k", b"first"), *records]
+
+
+async def test_send_keyed_lands_where_a_keyed_send_does(
+    kafka_bootstrap: str, new_topic: NewTopicFactory
+) -> None:
+    batched, one_by_one = await new_topic(3), await new_topic(3)
+    records = [(f"host-{i % 37}.cpu".encode(), f"alert-{i}".encode()) for i in range(300)]
+    producer = clients.producer(KafkaSettings(bootstrap_servers=kafka_bootstrap))
+    await producer.start()
+    try:
+        outbox = Outbox(producer, 0.1, 1.0)
+        await outbox.send_keyed(batched, records[:150])
+        await outbox.send_keyed(batched, [])
+        await outbox.send_keyed(batched, records[150:])
+        for key, value in records:
+            await outbox.send(one_by_one, value, key=key)
+        await outbox.settle()
+    finally:
+        await producer.stop()
+    for partition in range(3):
+        got = await _read(kafka_bootstrap, batched, partition)
+        assert got, "37 keys over 3 partitions: none is empty"
+        assert got == await _read(kafka_bootstrap, one_by_one, partition)
