@@ -214,6 +214,12 @@ class KafkaSettings(_Section):
     heartbeat_interval_ms: int = Field(3000, ge=100)
     max_poll_interval_ms: int = Field(300_000, ge=1000)
     fetch_max_wait_ms: int = Field(100, ge=0, description="wait this long for a fuller batch")
+    metadata_max_age_ms: int = Field(
+        30_000,
+        ge=1000,
+        description="the input consumer refreshes topic metadata this often: a re-created "
+        "input topic or added partitions are noticed, and the group rebalances, within it",
+    )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a group with no committed offset starts"
     )

@@ -10,8 +10,6 @@ from aiokafka.helpers import create_ssl_context
 
 from detector.config import KafkaSettings
 
-GROUP_METADATA_MAX_AGE_MS = 30_000  # one metadata request per 30 s: cheap
-
 
 def connection_options(k: KafkaSettings) -> dict[str, Any]:
     """Options every client shares: brokers, identity, TLS and SASL."""
@@ -51,8 +49,8 @@ def group_consumer(k: KafkaSettings, max_records: int) -> AIOKafkaConsumer:
         fetch_max_wait_ms=k.fetch_max_wait_ms,
         max_poll_records=max_records,
         # A deleted and re-created input topic (or added partitions) is noticed, and the
-        # group rebalances onto it, within this time instead of the default 5 minutes.
-        metadata_max_age_ms=GROUP_METADATA_MAX_AGE_MS,
+        # group rebalances onto it, within this time (30 s; Kafka's default is 5 minutes).
+        metadata_max_age_ms=k.metadata_max_age_ms,
         # Input written transactionally by others is read once committed; aborted never.
         isolation_level="read_committed",
     )

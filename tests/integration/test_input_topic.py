@@ -47,7 +47,7 @@ async def test_a_deleted_input_topic_is_waited_for_and_read_anew(
         tmp_path / "detector.toml",
         kafka_bootstrap,
         topics,
-        kafka={"partitions": 2},
+        kafka={"partitions": 2, "metadata_max_age_ms": 5000},  # the re-creation seen sooner
         http={"listen": "127.0.0.1:0"},
     )
     settings = load_settings(config)
