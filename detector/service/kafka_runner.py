@@ -505,6 +505,34 @@ class KafkaRunner:
                 refused=refused,
                 seconds=round(time.monotonic() - started, 3),
             )
+        await self._forget_offsets_ahead(partitions)
+
+    async def _forget_offsets_ahead(self, partitions: Sequence[int]) -> None:
+        """Restored states that reflect an input offset the partition's log has not reached
+        come from another log: the topic was deleted and created again (or truncated) while
+        no member was reading it. Its offsets start over, and the stored ones would skip its
+        records as replays, so they are forgotten; the states themselves are kept."""
+        tps = [TopicPartition(self.kafka.input_topic, p) for p in partitions]
+        try:
+            ends = await self._started(self._restore_reader).end_offsets(tps)
+        except KafkaError as exc:  # the topic is gone: on_assigned says so, and it comes back
+            log.warning("input_end_offsets_failed", error=repr(exc))
+            return
+        for tp in tps:
+            stored, end = self.pipeline.stored_offset(tp.partition), ends.get(tp)
+            if end is None or stored < end:
+                continue
+            streams = self.pipeline.forget_offsets(tp.partition)
+            log.warning(
+                "input_offsets_ahead_of_topic",
+                topic=tp.topic,
+                partition=tp.partition,
+                stored_offset=stored,
+                end_offset=end,
+                streams=streams,
+                action="the topic was re-created or truncated: its offsets start over; the "
+                "stored ones are forgotten, stream states kept",
+            )
 
     # ------------------------------------------------------------------ models
 

@@ -520,6 +520,15 @@ class Pipeline:
             n += len(table) if table is not None else 0
         return n
 
+    def stored_offset(self, partition: int) -> int:
+        """The highest input offset any stream of ``partition`` reflects; -1 for none."""
+        highest = -1
+        for group in self.groups:
+            table = group.tables.get(partition)
+            if table is not None and len(table):
+                highest = max(highest, int(table.offset[table.live_slots()].max()))
+        return highest
+
     def forget_offsets(self, partition: int) -> int:
         """Forget the input offsets the streams of ``partition`` reflect (the input topic was
         deleted and created again, so its offsets start over and the stored ones would skip
