@@ -55,7 +55,8 @@ alone. See bench/README.md for how to get torch in a separate virtualenv.
     python bench/stream_score.py [--streams 1000000 --batch 1024 --batches 200 --rounds 5]
     python bench/stream_score.py --quick      # 20,000 streams, short rounds: seconds
     #   --streams --batch --batches --rounds --lead-in --single --single-rounds
-    #   --malloc {pinned,glibc} --cold --no-profile --no-torch --seed --json FILE
+    #   --malloc {pinned,glibc} --cold --no-profile --no-torch --seasonal {on,off} --seed
+    #   --json FILE
 """
 
 from __future__ import annotations
@@ -463,7 +464,7 @@ class KernelDirectPath(KernelPath):
     def run(self) -> None:
         g, t, o = self.group, self.group.table, self.out
         scratch = scoring.Scratch.of(t, g.params, self.inputs.batch)
-        rec_f, rec_d, rec_q, rec_w, cols = scratch.record_views(t)
+        rec_f, rec_d, rec_q, rec_w, rec_h, rec_b, cols = scratch.record_views(t)
         scoring.score_kernel(
             self.inputs.slots[self.i],
             self.ts,
@@ -473,6 +474,8 @@ class KernelDirectPath(KernelPath):
             rec_d,
             rec_q,
             rec_w,
+            rec_h,
+            rec_b,
             cols,
             t.offset,
             t.hc,
@@ -689,6 +692,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="20,000 streams and short rounds, for a smoke test (figures are not the goal's)",
     )
+    ap.add_argument(
+        "--seasonal",
+        choices=("on", "off"),
+        default="on",
+        help="scoring.seasonal: the daily profile's score (default on, as the setting)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures to FILE")
     args = ap.parse_args(argv)
@@ -718,7 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     params = LSTMParams.init_persistence(shape, np.random.default_rng(args.seed), np.float32)
     # For the checks: the same shape with a non-zero head (persistence zeroes it).
     params_check = LSTMParams.init(shape, np.random.default_rng(args.seed + 1), np.float32)
-    config = ScoringConfig.from_settings(ScoringSettings(), StreamSettings(), calendar=False)
+    scoring_settings = ScoringSettings(seasonal=args.seasonal == "on")
+    config = ScoringConfig.from_settings(scoring_settings, StreamSettings(), calendar=False)
 
     # 1. Warm-up (compilation or cache load) and the kernel's step against NumPy.
     t0 = time.perf_counter()
@@ -786,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
             print("  (to compare, install torch in a separate virtualenv: see bench/README.md)")
     print(
         "model: persistence start (LSTMParams.init_persistence), residual linear head; scoring: "
-        f"{ScoringSettings().mode}, default settings; malloc for the rounds: {malloc}"
+        f"{scoring_settings.mode}, default settings, seasonal {args.seasonal}; "
+        f"malloc for the rounds: {malloc}"
     )
     peer_diffs: dict[str, float] = {}
     for p in (params_check, params):
@@ -993,6 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dtype": "float32",
                 "threads": 1,
                 "seed": args.seed,
+                "seasonal": args.seasonal == "on",
                 "quick": args.quick,
             },
             "env": {

@@ -99,6 +99,20 @@ class ScoringSettings(_Section):
         description="score at least r / (r + novelty_scale), r = how far a value lies outside "
         "the range of the stream's earlier values, in units of that range; 0: off",
     )
+    seasonal: bool = Field(
+        True,
+        description="score the deviation from the stream's daily profile (time-of-day bins) "
+        "too, while that profile explains at least seasonal_gate of the input's variance "
+        "(likelihood and zscore modes, one value per point); what it alone lifts over the "
+        "threshold alerts but stays in retraining windows",
+    )
+    seasonal_gate: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="share of the normalised input's variance the daily profile must explain "
+        "before its deviations score",
+    )
 
     @model_validator(mode="after")
     def _k_of_n(self) -> ScoringSettings:

@@ -27,6 +27,21 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    novel contexts). The range learns every point, anomalies included (step 6), so a
    recurring excursion is novel once. The dynamic mode's point also exceeds when the
    novelty score reaches the threshold.
+   With ``seasonal`` (one value per point, likelihood and zscore modes), the score is also
+   at least the seasonal score: a daily profile keeps, per bin b of SEASON_BINS of the
+   time of day (UTC), the EWMA m_b of x̃ and d_b of |x̃ - m_b| (weight SEASON_ALPHA per
+   visit); u_t = |x̃_t - m_b| / max(d_b, SEASON_DEV_FLOOR) scores as the likelihood does
+   (its short-term mean against its own running mean and variance), but only while the
+   profile explains at least ``seasonal_gate`` of the input's variance: the running mean
+   of (x̃_t - m_b)² is at most 1 - seasonal_gate (x̃ has variance about 1). It sees what
+   a predictor with a memory of W points cannot: a daily peak that does not come, or
+   comes too low. A bin's first visit only sets m_b. A point that exceeds by its seasonal
+   score alone alerts, but its ring entry is not marked (step 6): the mark keeps from the
+   model what it would learn wrongly, and such a point is ordinary to the model (its value
+   in the stream's range, its short-term course as predicted; the model sees no time of
+   day unless ``calendar`` is on). So the seasonal score leaves the model's training
+   windows, and with them every retrained model and its predictions, as they are without
+   it (a few changed marks are enough to change every later retrained model).
    The point exceeds when score >= threshold. The normal-error statistics (m, v²) learn
    from every point (``stats_learn_all``, as Numenta's anomaly likelihood does: a stream
    whose large errors recur learns that they are normal), or else only from points that do
@@ -37,7 +52,8 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
 6. The input statistics learn x_t, robustly: a deviation beyond norm_clip std counts as
    norm_clip std; the range [lo, hi] widens to take x_t in (done in the first pass).
    The model input [x̃_t, calendar features] enters the ring buffer, with a mark when
-   the point exceeded (retraining leaves marked inputs out), and one LSTM step; the head
+   the point exceeded (retraining leaves marked inputs out; not by the seasonal score
+   alone, step 4), and one LSTM step; the head
    writes ŷ_{t+1}. The stream's row counts as changed (``table.take_dirty``).
 
 Points of one batch are processed in waves: wave k holds the k-th point of every stream in
@@ -80,6 +96,14 @@ from detector.stream.state import (
     IN_WAVE,
     MARKED,
     OFFSET_SET,
+    SEASON_BINS,
+    SEASON_COLUMNS,
+    SEASON_DEV_SCALE,
+    SEASON_MEAN,
+    SEASON_MEAN_SCALE,
+    SEASON_R2,
+    SEASON_SHORT,
+    SEASON_VAR,
     StreamStateTable,
     TableLayout,
 )
@@ -139,7 +163,14 @@ C_GAP_RESET = 17
 C_CALENDAR = 18
 C_NOVELTY = 19
 C_LEARN_ALL = 20
-N_CONFIG = 21
+C_SEASONAL = 21
+C_SEASON_GATE = 22
+N_CONFIG = 23
+
+# The seasonal score's fixed constants (module docstring).
+SEASON_ALPHA = 0.1  # EWMA weight of a bin's mean and deviation per visit
+SEASON_DEV_FLOOR = 0.25  # of d_b, in normalised units
+_NO_SEASON = -1.0  # u of a point without a seasonal deviation
 
 
 def span_alpha(span: int) -> float:
@@ -179,6 +210,8 @@ class ScoringConfig:
         v[C_CALENDAR] = calendar
         v[C_NOVELTY] = scoring.novelty_scale
         v[C_LEARN_ALL] = scoring.stats_learn_all
+        v[C_SEASONAL] = scoring.seasonal
+        v[C_SEASON_GATE] = scoring.seasonal_gate
         v.flags.writeable = False
         return cls(v)
 
@@ -204,7 +237,7 @@ def calendar_features(ts: float, out) -> None:  # type: ignore[no-untyped-def]  
 
 
 @njit(**_KERNEL)
-def _reset_row(s, rec_f, rec_w, cols, hc, ring, marks, err_ring, flags):  # type: ignore[no-untyped-def]  # pragma: no cover
+def _reset_row(s, rec_f, rec_w, rec_h, rec_b, cols, hc, ring, marks, err_ring, flags):  # type: ignore[no-untyped-def]  # pragma: no cover
     """A gap reset: the stream starts over (its offset, timestamps and count are the
     caller's business)."""
     D = cols[F_X_VAR] - cols[F_X_MEAN]
@@ -218,11 +251,28 @@ def _reset_row(s, rec_f, rec_w, cols, hc, ring, marks, err_ring, flags):  # type
         rec_f[s, cols[F_X_MAX] + d] = 0.0
     rec_w[s, cols[F_HIST]] = 0
     rec_w[s, cols[F_COOLDOWN]] = 0
+    for k in range(SEASON_BINS):
+        rec_h[s, cols[F_SEASON_MEAN] + k] = 0
+        rec_b[s, cols[F_SEASON_DEV] + k] = 0
+    for k in range(SEASON_COLUMNS):
+        rec_f[s, cols[F_SEASON] + k] = 0.0
     hc[s] = 0.0
     ring[s] = 0.0
     marks[s] = 0
     flags[s] &= 0xFF ^ MARKED
     err_ring[s] = 0.0
+
+
+@njit(**_KERNEL)
+def _season_mean_q(v: float) -> int:  # pragma: no cover - jitted
+    """x̃ as the int16 of a profile bin's mean (round half up)."""
+    return min(max(math.floor(v * SEASON_MEAN_SCALE + 0.5), -32767), 32767)
+
+
+@njit(**_KERNEL)
+def _season_dev_q(v: float) -> int:  # pragma: no cover - jitted
+    """A deviation as the uint8 of a visited bin (at least 1: 0 means never visited)."""
+    return min(max(math.floor(v * SEASON_DEV_SCALE + 0.5), 1), 255)
 
 
 @njit(**_KERNEL)
@@ -259,8 +309,8 @@ def scratch_sizes(B: int, shape: ModelShape, E: int):  # type: ignore[no-untyped
         + _pad(CHUNK * K)  # q
     )
     ints = 2 * B + 4 * CHUNK  # this wave, next wave; steps, points, ns, kind
-    doubles = 5 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, novel,
-    # cal, run_max
+    doubles = 9 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, novel,
+    # s_z, s_u, s_r, s_tail, cal, run_max
     return floats, ints + doubles
 
 
@@ -291,6 +341,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     rec_d,  # columns (record_views); cols: where each field starts in its view
     rec_q,
     rec_w,
+    rec_h,  # ... and int16 and uint8 (the daily profile)
+    rec_b,
     cols,
     stream_offsets,  # the table's other arrays (detector.stream.state)
     hc,
@@ -358,12 +410,17 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     novelty_scale = cfg[C_NOVELTY]
     novelty = novelty_scale > 0.0
     learn_all = cfg[C_LEARN_ALL] != 0.0
+    # The seasonal score: one value per point, and not with the dynamic threshold.
+    seasonal = cfg[C_SEASONAL] != 0.0 and D == 1 and mode != MODE_DYNAMIC
+    season_r2_max = 1.0 - cfg[C_SEASON_GATE]
+    bins_per_s = SEASON_BINS / _DAY
     inv_D = 1.0 / D
     use_offsets = offsets.shape[0] > 0
     c_last_ts, c_seen = cols[F_LAST_TS], cols[F_SEEN]
     c_err, c_xmean, c_xvar, c_pred = cols[F_ERR], cols[F_X_MEAN], cols[F_X_VAR], cols[F_PRED]
     c_hist, c_cooldown = cols[F_HIST], cols[F_COOLDOWN]
     c_xmin, c_xmax = cols[F_X_MIN], cols[F_X_MAX]
+    c_smean, c_sdev, c_season = cols[F_SEASON_MEAN], cols[F_SEASON_DEV], cols[F_SEASON]
 
     # Scratch, in the order of scratch_sizes.
     C = CHUNK
@@ -393,11 +450,19 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     exceed = f64[2 * C : 3 * C]  # dynamic: 1.0 if the point exceeds
     tails = f64[3 * C : 4 * C]  # tail_score of each zs
     novel = f64[4 * C : 5 * C]  # r (pass 1), then the novelty score r / (r + c) (pass 2)
-    cal = f64[5 * C : 5 * C + CALENDAR_FEATURES]
-    run_max = f64[5 * C + CALENDAR_FEATURES : 5 * C + CALENDAR_FEATURES + E // 2 + 2]
+    s_z = f64[5 * C : 6 * C]  # seasonal: the z its score maps (below -30: none), then
+    # (pass 2) the point's score without it: what the ring's mark goes by
+    s_u = f64[6 * C : 7 * C]  # seasonal: u_t (_NO_SEASON: none, nothing to learn)
+    s_r = f64[7 * C : 8 * C]  # seasonal: |x̃_t - m_b|
+    s_tail = f64[8 * C : 9 * C]
+    cal = f64[9 * C : 9 * C + CALENDAR_FEATURES]
+    run_max = f64[9 * C + CALENDAR_FEATURES : 9 * C + CALENDAR_FEATURES + E // 2 + 2]
 
     rec_stride = rec_q.strides[0]
-    rec_lines = (rec_stride + 63) // 64
+    # The lines of a record to prefetch: without the seasonal score, not the daily
+    # profile's (the record's last fields, from season_mean on: an int16 column).
+    rec_used = rec_stride if seasonal else min(rec_stride, cols[F_SEASON_MEAN] * 2)
+    rec_lines = (rec_used + 63) // 64
     hc_stride = hc.strides[0]
     hc_lines = (hc_stride + 63) // 64
     ring_stride = ring.strides[0]
@@ -471,7 +536,9 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     continue
                 if n >= 2 and t - rec_d[s, c_last_ts] > gap_factor * rec_f[s, c_err + DT_MEAN]:
                     if gap_reset:
-                        _reset_row(s, rec_f, rec_w, cols, hc, ring, marks, err_ring, flags)
+                        _reset_row(
+                            s, rec_f, rec_w, rec_h, rec_b, cols, hc, ring, marks, err_ring, flags
+                        )
                         n = 0
                         gap[p] = GAP_RESET
                     else:
@@ -512,6 +579,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 # 3. the error, and what the score needs
                 kind[m] = _NO_SCORE
                 zs[m] = 0.0
+                s_z[m] = -40.0
+                s_u[m] = _NO_SEASON
                 novel[m] = r if n > 0 and novelty else 0.0
                 if n == 0:
                     status[p] = NO_PREDICTION
@@ -559,6 +628,37 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                             )
                             exceed[m] = 1.0 if exceeds else 0.0
                             kind[m] = _DONE
+                    if seasonal:  # the daily profile's bin of this point (D == 1: xn is x̃)
+                        b = min(
+                            int((t - math.floor(t / _DAY) * _DAY) * bins_per_s), SEASON_BINS - 1
+                        )
+                        q_dev = int(rec_b[s, c_sdev + b])
+                        if q_dev == 0:  # first visit: the bin's mean is this point's x̃
+                            rec_h[s, c_smean + b] = _season_mean_q(xn)
+                            rec_b[s, c_sdev + b] = int(SEASON_DEV_SCALE)
+                        else:
+                            m_b = rec_h[s, c_smean + b] / SEASON_MEAN_SCALE
+                            d_b = q_dev / SEASON_DEV_SCALE
+                            r_b = abs(xn - m_b)
+                            u = r_b / max(d_b, SEASON_DEV_FLOOR)
+                            prior = float(rec_f[s, c_season + SEASON_SHORT])
+                            short = prior + short_alpha * (u - prior)
+                            rec_f[s, c_season + SEASON_SHORT] = short
+                            if (
+                                count > 0.0
+                                and float(rec_f[s, c_season + SEASON_R2]) <= season_r2_max
+                            ):
+                                s_spread = max(
+                                    math.sqrt(float(rec_f[s, c_season + SEASON_VAR])),
+                                    min_err_std,
+                                )
+                                s_z[m] = (
+                                    short - float(rec_f[s, c_season + SEASON_MEAN])
+                                ) / s_spread
+                            s_u[m] = u
+                            s_r[m] = r_b
+                            rec_h[s, c_smean + b] = _season_mean_q(m_b + SEASON_ALPHA * (xn - m_b))
+                            rec_b[s, c_sdev + b] = _season_dev_q(d_b + SEASON_ALPHA * (r_b - d_b))
                 points[m] = p
                 steps[m] = s
                 ns[m] = n
@@ -569,6 +669,13 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
             for j in range(m):
                 if kind[j] == _TAIL:
                     score[points[j]] = tails[j]
+            if seasonal:
+                tail_scores(s_z, s_tail, m)
+                for j in range(m):
+                    scored = s_z[j] > -30.0
+                    s_z[j] = score[points[j]]
+                    if scored:
+                        score[points[j]] = max(score[points[j]], s_tail[j])
             if novelty:
                 for j in range(m):
                     r = novel[j]
@@ -602,6 +709,16 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                             float(rec_f[s, c_err + ERR_VAR]) + a * delta * delta
                         )
                         rec_f[s, c_err + ERR_COUNT] = count
+                        if s_u[j] != _NO_SEASON:  # the seasonal statistics, same weights
+                            u = s_u[j]
+                            s_mean = float(rec_f[s, c_season + SEASON_MEAN])
+                            delta = u - s_mean
+                            rec_f[s, c_season + SEASON_MEAN] = s_mean + a * delta
+                            rec_f[s, c_season + SEASON_VAR] = (1.0 - a) * (
+                                float(rec_f[s, c_season + SEASON_VAR]) + a * delta * delta
+                            )
+                            r2 = float(rec_f[s, c_season + SEASON_R2])
+                            rec_f[s, c_season + SEASON_R2] = r2 + a * (s_r[j] * s_r[j] - r2)
                     hist = int(rec_w[s, c_hist]) & 0xFFFFFFFF  # uint32 bits in an int32 column
                     history = ((hist << 1) | (1 if exceeds else 0)) & hyst_mask
                     rec_w[s, c_hist] = history
@@ -629,10 +746,14 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 pos = n & w_mask if w_mask >= 0 else n % W
                 for jj in range(n_in):
                     ring[s, pos, jj] = x_chunk[j, jj]
-                # The mark: a stream without marks (most) has nothing to clear.
+                # The mark: a stream without marks (most) has nothing to clear. A point
+                # that exceeds by its seasonal score alone is not marked (module docstring).
+                marked_now = exceeds
+                if seasonal and exceeds and n > 0:
+                    marked_now = max(s_z[j], novel[j]) >= threshold
                 fl = flags[s] | DIRTY
                 bit = np.uint8(1 << (pos & 7))
-                if exceeds:
+                if marked_now:
                     marks[s, pos >> 3] |= bit
                     fl |= MARKED
                 elif fl & MARKED:
@@ -721,7 +842,10 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
     F_X_MAX,
     F_HIST,
     F_COOLDOWN,
-) = range(10)
+    F_SEASON_MEAN,
+    F_SEASON_DEV,
+    F_SEASON,
+) = range(13)
 _FIELD_VIEWS = (
     ("last_ts", 8),
     ("seen", 8),
@@ -733,6 +857,9 @@ _FIELD_VIEWS = (
     ("x_max", 0),
     ("hist", 4),
     ("cooldown", 4),
+    ("season_mean", 2),
+    ("season_dev", 1),
+    ("season", 0),
 )
 
 
@@ -743,9 +870,12 @@ def record_views(
     NDArray[np.float64],
     NDArray[np.int64],
     NDArray[np.int32],
+    NDArray[np.int16],
+    NDArray[np.uint8],
     NDArray[np.int64],
 ]:
-    """The records as 2-d arrays of the table's float dtype, float64, int64 and int32, and
+    """The records as 2-d arrays of the table's float dtype, float64, int64, int32, int16
+    and uint8, and
     each field's first column in its view (indexed by F_*). The kernel indexes these plain
     arrays: each access to a field of a record (a NumPy structured array) built a view,
     and its reference counting cost 5% of the kernel."""
@@ -764,6 +894,8 @@ def record_views(
         rec.view(np.float64).reshape(rows, size // 8),
         rec.view(np.int64).reshape(rows, size // 8),
         rec.view(np.int32).reshape(rows, size // 4),
+        rec.view(np.int16).reshape(rows, size // 2),
+        rec.view(np.uint8).reshape(rows, size),
         cols,
     )
 
@@ -867,7 +999,7 @@ def score_batch(
         out = BatchScores.empty(B, D)
     if B == 0:
         return out
-    rec_f, rec_d, rec_q, rec_w, cols = scratch.record_views(table)
+    rec_f, rec_d, rec_q, rec_w, rec_h, rec_b, cols = scratch.record_views(table)
     code = score_kernel(
         slots if slots.flags.c_contiguous else np.ascontiguousarray(slots),
         ts if ts.flags.c_contiguous else np.ascontiguousarray(ts),
@@ -877,6 +1009,8 @@ def score_batch(
         rec_d,
         rec_q,
         rec_w,
+        rec_h,
+        rec_b,
         cols,
         table.offset,
         table.hc,

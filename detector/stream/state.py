@@ -16,11 +16,19 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
         x_max       (D,) the largest raw input so far
         hist        bit k: the point k steps ago exceeded the threshold (uint32)
         cooldown    points left before the stream may alert again (int32)
+        season_mean (SEASON_BINS,) the daily profile: per bin of the time of day, the
+                    EWMA of the normalised input, in 1/SEASON_MEAN_SCALE (int16)
+        season_dev  (SEASON_BINS,) per bin, the EWMA of |x̃ - profile|, in
+                    1/SEASON_DEV_SCALE (uint8; 0: the bin was never visited)
+        season      (SEASON_COLUMNS,) the seasonal score's statistics, columns named below
+                    (the seasonal fields fill the record's second cache line, which the
+                    kernel touches only when the seasonal score is on)
     hc          (layers, 2, H)  the LSTM's h (``hc[:, :, 0]``) and c (``hc[:, :, 1]``), one
                                 contiguous block of whole cache lines, stepped in place
     ring        (W, n_inputs)   the last W model inputs (normalised values, calendar features)
     marks       (ceil(W / 8),)  bit i: ring entry i was written by a point that exceeded
-                                the threshold (retraining leaves those out)
+                                the threshold, not by the seasonal score alone
+                                (retraining leaves those out)
     err_ring    (E,)            dynamic threshold only: the last E smoothed errors
     flags       ()              bit DIRTY: changed since the last ``take_dirty``; bit MARKED:
                                 some mark is set (else the kernel need not touch ``marks``
@@ -35,7 +43,7 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
 
 The ring's write position is ``seen % W``, so it needs no column of its own. ``h``, ``c``
 and every record field are also attributes (NumPy views), e.g. ``table.seen[slot]``.
-Serialised rows (``stream_bytes``, ``to_bytes``; format version 3) hold every field above
+Serialised rows (``stream_bytes``, ``to_bytes``; format version 4) hold every field above
 but flags and last_seen, packed (_row_dtype), whatever the in-memory layout. Version 2 (no
 x_min, x_max) is still read: the range restarts as the mean +- RESTORED_RANGE_STD std.
 
@@ -75,6 +83,18 @@ ERR_VAR = 2  # variance of the normal-error distribution
 ERR_COUNT = 3  # updates of ERR_MEAN/ERR_VAR so far (early EWMA weights are 1/count)
 DT_MEAN = 4  # the stream's usual interval between points, seconds (EWMA)
 ERR_COLUMNS = 5
+
+# The daily profile (detector.stream.scoring, seasonal score): bins of the time of day, and
+# the fixed-point scales its per-bin mean and deviation are stored in.
+SEASON_BINS = 16
+SEASON_MEAN_SCALE = 2048.0  # int16: x̃ in [-16, 16) to 1/2048 (x̃ is clipped to +-input_clip)
+SEASON_DEV_SCALE = 64.0  # uint8: 1/64 to 255/64
+# Columns of the record's ``season``.
+SEASON_SHORT = 0  # short-term mean of the seasonal deviation u_t
+SEASON_MEAN = 1  # mean and variance of u_t (learn as ERR_MEAN and ERR_VAR do, same weights)
+SEASON_VAR = 2
+SEASON_R2 = 3  # mean of (x̃_t - profile)²: the share of the input's variance left unexplained
+SEASON_COLUMNS = 4
 
 # Bits of ``flags``.
 DIRTY = 1
@@ -117,6 +137,9 @@ def record_dtype(layout: TableLayout) -> np.dtype:
         ("x_max", f, (D,)),
         ("hist", np.dtype("<u4"), ()),
         ("cooldown", np.dtype("<i4"), ()),
+        ("season_mean", np.dtype("<i2"), (SEASON_BINS,)),
+        ("season_dev", np.dtype("u1"), (SEASON_BINS,)),
+        ("season", f, (SEASON_COLUMNS,)),
     ]
     names, formats, offsets = [], [], []
     at = 0
@@ -129,12 +152,21 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
 
 
-def _row_dtype(layout: TableLayout, version: int = 3) -> np.dtype:
-    """One row as serialised: packed, little-endian, in this field order (format version 3;
-    version 2 lacks x_min and x_max)."""
+def _row_dtype(layout: TableLayout, version: int = 4) -> np.dtype:
+    """One row as serialised: packed, little-endian, in this field order (format version 4;
+    version 3 lacks the seasonal fields, version 2 also x_min and x_max)."""
     f = np.dtype(layout.dtype).newbyteorder("<")
     L, H, D = layout.layers, layout.hidden, layout.n_values
     value_range = [("x_min", f, (D,)), ("x_max", f, (D,))] if version >= 3 else []
+    seasonal = (
+        [
+            ("season_mean", "<i2", (SEASON_BINS,)),
+            ("season_dev", "u1", (SEASON_BINS,)),
+            ("season", f, (SEASON_COLUMNS,)),
+        ]
+        if version >= 4
+        else []
+    )
     return np.dtype(
         [
             ("h", f, (L, H)),
@@ -152,6 +184,7 @@ def _row_dtype(layout: TableLayout, version: int = 3) -> np.dtype:
             ("offset", "<i8"),
             ("hist", "<u4"),
             ("cooldown", "<i4"),
+            *seasonal,
         ]
     )
 
@@ -172,8 +205,8 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.generi
 
 # Versioned header of serialised state: magic, format version, the layout.
 _MAGIC = b"DST"
-_VERSION = 3  # 3: x_min, x_max; 2: offset, ring marks; err columns shared between modes
-_READS = (2, 3)  # versions this build restores
+_VERSION = 4  # 4: the daily profile; 3: x_min, x_max; 2: offset, ring marks, shared err columns
+_READS = (2, 3, 4)  # versions this build restores (older rows restart with an empty profile)
 # A version-2 row has no value range: it restarts as x_mean +- this many std, so a restored
 # stream does not call its first points "never seen".
 RESTORED_RANGE_STD = 4.0
@@ -679,6 +712,18 @@ class StreamStateTable:
         return self.rec["x_min"]
 
     @property
+    def season_mean(self) -> NDArray[np.int16]:
+        return self.rec["season_mean"]
+
+    @property
+    def season_dev(self) -> NDArray[np.uint8]:
+        return self.rec["season_dev"]
+
+    @property
+    def season(self) -> NDArray[np.floating]:
+        return self.rec["season"]
+
+    @property
     def x_max(self) -> NDArray[np.floating]:
         return self.rec["x_max"]
 
@@ -961,6 +1006,10 @@ class StreamStateTable:
         for name in names:
             field = getattr(self, name)
             field[slots] = rows[name]
+        if "season" not in names:  # format version 2 or 3: the daily profile starts empty
+            self.season_mean[slots] = 0
+            self.season_dev[slots] = 0
+            self.season[slots] = 0
         if "x_min" not in names:  # format version 2: no value range saved
             spread = RESTORED_RANGE_STD * np.sqrt(rows["x_var"])
             self.x_min[slots] = rows["x_mean"] - spread

@@ -18,6 +18,16 @@ from detector.config import ScoringSettings, StreamSettings
 from detector.model.params import LSTMParams
 from tests.reference import lstm_numpy
 
+SEASON_BINS = 16  # the daily profile: bins of the UTC time of day
+SEASON_ALPHA = 0.1
+SEASON_DEV_FLOOR = 0.25
+SEASON_MEAN_SCALE = 2048.0  # stored as int16 in 1/2048, round half up
+SEASON_DEV_SCALE = 64.0  # stored as uint8 in 1/64, at least 1 once visited
+
+
+def ref_season_bin(ts: float) -> int:
+    return min(int((ts % 86400.0) * SEASON_BINS / 86400.0), SEASON_BINS - 1)
+
 
 def ref_tail_score(z: float) -> float:
     tail = norm.sf(z)
@@ -99,6 +109,12 @@ class RefStream:
     seen: int = 0
     history: list[bool] = field(init=False)
     cooldown: int = 0
+    season_mean: list[int] = field(init=False)  # the daily profile, fixed point as stored
+    season_dev: list[int] = field(init=False)  # 0: bin never visited
+    season_short: float = 0.0
+    season_u_mean: float = 0.0
+    season_u_var: float = 0.0
+    season_r2: float = 0.0
     offset: int = -1  # input offset of the last point handled (not reset by a gap)
     offset_batch: int = -1  # the batch (RefScorer.batch) whose point set it
 
@@ -120,6 +136,9 @@ class RefStream:
         self.dt_mean = 0.0
         self.err_count = self.seen = self.cooldown = 0
         self.history = []
+        self.season_mean = [0] * SEASON_BINS
+        self.season_dev = [0] * SEASON_BINS
+        self.season_short = self.season_u_mean = self.season_u_var = self.season_r2 = 0.0
 
 
 @dataclass
@@ -206,12 +225,35 @@ class RefScorer:
         sd = np.maximum(np.sqrt(s.var), st.min_std)
         xn = np.clip((x - mu) / sd, -st.input_clip, st.input_clip)
         result = RefResult("no_prediction" if first else "scored", gap)
-        exceeds = False
+        exceeds = marks = False  # marks: the ring entry's mark
         novelty = 0.0
         if not first and sc.novelty_scale > 0:
             outside = np.maximum(np.maximum(x - s.hi, s.lo - x), 0.0)
             r = float(np.max(outside / np.maximum(s.hi - s.lo, st.min_std)))
             novelty = r / (r + sc.novelty_scale)
+        season = 0.0  # the seasonal score
+        season_u = season_r = None  # what its statistics learn
+        if not first and sc.seasonal and D == 1 and sc.mode != "dynamic":
+            b = ref_season_bin(ts)
+            x0 = float(xn[0])
+            if s.season_dev[b] == 0:
+                s.season_mean[b] = min(max(math.floor(x0 * SEASON_MEAN_SCALE + 0.5), -32767), 32767)
+                s.season_dev[b] = int(SEASON_DEV_SCALE)
+            else:
+                m_b = s.season_mean[b] / SEASON_MEAN_SCALE
+                d_b = s.season_dev[b] / SEASON_DEV_SCALE
+                season_r = abs(x0 - m_b)
+                season_u = season_r / max(d_b, SEASON_DEV_FLOOR)
+                s.season_short += self.alpha(sc.short_span) * (season_u - s.season_short)
+                if s.err_count and s.season_r2 <= 1.0 - sc.seasonal_gate:
+                    spread_u = max(math.sqrt(s.season_u_var), sc.min_error_std)
+                    season = ref_tail_score((s.season_short - s.season_u_mean) / spread_u)
+                new_m = m_b + SEASON_ALPHA * (x0 - m_b)
+                new_d = d_b + SEASON_ALPHA * (season_r - d_b)
+                s.season_mean[b] = min(
+                    max(math.floor(new_m * SEASON_MEAN_SCALE + 0.5), -32767), 32767
+                )
+                s.season_dev[b] = min(max(math.floor(new_d * SEASON_DEV_SCALE + 0.5), 1), 255)
         if not first:
             result.predicted = s.pred * sd + mu
             e = math.sqrt(float(np.mean((xn - s.pred) ** 2)))
@@ -223,14 +265,16 @@ class RefScorer:
             if sc.mode == "zscore":
                 if s.err_count:
                     result.score = ref_tail_score((s.smooth - s.err_mean) / spread)
-                result.score = max(result.score, novelty)
+                marks = max(result.score, novelty) >= sc.threshold  # not by the seasonal
+                result.score = max(result.score, novelty, season)
                 exceeds = result.score >= sc.threshold
             elif sc.mode == "likelihood":
                 observed = e
                 s.short = e if s.seen == 1 else s.short + self.alpha(sc.short_span) * (e - s.short)
                 if s.err_count:
                     result.score = ref_tail_score((s.short - s.err_mean) / spread)
-                result.score = max(result.score, novelty)
+                marks = max(result.score, novelty) >= sc.threshold  # not by the seasonal
+                result.score = max(result.score, novelty, season)
                 exceeds = result.score >= sc.threshold
             else:
                 s.errors = ([*s.errors, s.smooth])[-sc.dynamic_window :]
@@ -242,7 +286,7 @@ class RefScorer:
                 kept = candidate and ref_keeps_last_run(window, s.eps, sc.dynamic_prune)
                 self.pruned += candidate and not kept
                 result.score = max(result.score, novelty)
-                exceeds = kept or novelty >= sc.threshold
+                exceeds = marks = kept or novelty >= sc.threshold
             learns = s.seen >= sc.warmup // 2 and (sc.stats_learn_all or not exceeds or not warm)
             if sc.mode != "dynamic" and learns:
                 s.err_count += 1
@@ -250,6 +294,11 @@ class RefScorer:
                 delta = observed - s.err_mean
                 s.err_mean += a * delta
                 s.err_var = (1 - a) * (s.err_var + a * delta * delta)
+                if season_u is not None and season_r is not None:
+                    delta = season_u - s.season_u_mean
+                    s.season_u_mean += a * delta
+                    s.season_u_var = (1 - a) * (s.season_u_var + a * delta * delta)
+                    s.season_r2 += a * (season_r * season_r - s.season_r2)
             s.history = [*s.history, exceeds][-sc.hysteresis_n :]
             if s.cooldown > 0:
                 s.cooldown -= 1
@@ -272,7 +321,7 @@ class RefScorer:
             s.var = (1 - a) * (s.var + a * delta * delta)
         inp = np.concatenate([xn, ref_calendar(ts)]) if self.calendar else xn
         s.ring = [*s.ring, inp][-st.buffer_len :]
-        s.marks = [*s.marks, exceeds][-st.buffer_len :]
+        s.marks = [*s.marks, marks][-st.buffer_len :]
         layer_in = inp
         for l in range(self.shape.layers):
             s.h[l], s.c[l] = lstm_numpy.cell(self.gms[l], layer_in, s.h[l], s.c[l])

@@ -406,3 +406,55 @@ def test_novelty_scores_a_value_never_seen_once() -> None:
     assert scores[0.02][500] < 0.2  # seen before: only its prediction error scores
     assert scores[0.0][400] < scores[0.02][400]
     assert np.max(scores[0.02][100:400]) < 0.5  # inside the range: nothing new
+
+
+def _daily_square_wave(days: int, skip_day: int) -> tuple[np.ndarray, np.ndarray]:
+    """5-minute points of a daily square wave (high 08:00-16:00 UTC) with a little noise;
+    day ``skip_day`` has no high phase."""
+    rng = np.random.default_rng(5)
+    ts = 1_700_006_400.0 + 300.0 * np.arange(days * 288)  # starts at 00:00 UTC
+    hour = (ts % 86_400.0) / 3600.0
+    high = (hour >= 8) & (hour < 16) & ((ts - ts[0]) // 86_400 != skip_day)
+    values = np.where(high, 80.0, 20.0) + rng.normal(0.0, 1.0, ts.size)
+    return ts, values.reshape(-1, 1)
+
+
+@pytest.mark.parametrize("seasonal", [True, False])
+def test_seasonal_score_sees_a_missing_daily_peak(seasonal: bool) -> None:
+    """A day without its peak: the LSTM (memory shorter than a day) predicts the low phase
+    well, the daily profile does not; the kernel equals the reference throughout, ring
+    marks included, and what exceeds by the seasonal score alone is not marked."""
+    scoring = ScoringSettings(mode="likelihood", warmup=200, seasonal=seasonal)
+    streams = StreamSettings(buffer_len=16)
+    table, params, config = make_group(scoring, streams, persistence=True)
+    # The gate opens once the profile's residual, averaged since the start (the first days
+    # included, while the input statistics settle), is below half the variance: a week.
+    ts, values = _daily_square_wave(days=10, skip_day=8)
+    ref = RefScorer(params, scoring, streams, calendar=False)
+    scores, seasonal_only = [], 0
+    for lo in range(0, ts.size, 128):  # batch by batch, the ring's marks compared after each
+        hi = min(lo + 128, ts.size)
+        out = run_batches(table, params, config, ["s"] * (hi - lo), ts[lo:hi], values[lo:hi], 128)
+        want = [ref.point("s", t, v) for t, v in zip(ts[lo:hi], values[lo:hi], strict=True)]
+        npt.assert_allclose(out["score"], [r.score for r in want], rtol=1e-7, atol=1e-9)
+        _, marks = table.ring_window("s")
+        npt.assert_array_equal(marks, ref.streams["s"].marks)
+        exceeded = out["score"][-marks.size :] >= scoring.threshold
+        seasonal_only += int((exceeded & ~marks).sum())
+        scores.append(out["score"])
+    score = np.concatenate(scores)
+    slot = table.slot_of["s"]
+    npt.assert_array_equal(table.season_dev[slot], ref.streams["s"].season_dev)
+    missing = slice(8 * 288 + 8 * 12, 8 * 288 + 16 * 12)  # the high phase of day 8
+    if seasonal:
+        assert score[missing].max() >= 0.5
+        assert seasonal_only > 0, "no seasonal-only exceedance in a ring: proves little"
+    else:
+        assert score[missing].max() < 0.2
+        assert seasonal_only == 0
+    assert score[7 * 288 + 16 * 12 : 8 * 288].max() < 0.5  # a normal evening
+
+
+def test_seasonal_gate_must_lie_in_0_1() -> None:
+    with pytest.raises(ValueError, match="seasonal_gate"):
+        ScoringSettings(seasonal_gate=1.0)

@@ -219,7 +219,7 @@ def test_state_of_format_version_1_is_refused_by_name() -> None:
     table = StreamStateTable(LAYOUT, max_streams=10)
     table.slots(["a"], now=0.0)
     good = table.stream_bytes("a")
-    with pytest.raises(StateFormatError, match="format version 1; this build reads 2 or 3"):
+    with pytest.raises(StateFormatError, match="format version 1; this build reads 2 or 3 or 4"):
         table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
 
 
@@ -250,3 +250,27 @@ def test_state_of_format_version_2_restores_with_a_range_around_the_mean() -> No
     npt.assert_allclose(other.x_max[s], 5.0 + 2.0 * RESTORED_RANGE_STD)
     whole = table.to_bytes()
     assert StreamStateTable.from_bytes(whole, max_streams=10, now=0.0).seen[0] == 7
+
+
+def test_state_of_format_version_3_restores_with_an_empty_daily_profile() -> None:
+    """Version 3 had no daily profile (seasonal score): it starts empty, everything else as
+    saved, also over a row of this table that had one."""
+    from detector.stream.state import _HEADER, _row_dtype
+
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    slot = table.slots(["a"], now=0.0)[0]
+    table.x_mean[slot] = 5.0
+    table.seen[slot] = 7
+    table.season_mean[slot] = 1000
+    table.season_dev[slot] = 64
+    current = table.stream_bytes("a")
+    row = np.frombuffer(current[_HEADER.size :], _row_dtype(LAYOUT))
+    old = np.empty(1, _row_dtype(LAYOUT, 3))
+    for name in old.dtype.names or ():
+        old[name] = row[name]
+    assert "season_mean" not in (old.dtype.names or ())
+    v3 = current[:3] + b"\x03" + current[4 : _HEADER.size] + old.tobytes()
+    table.restore_stream("a", v3, now=0.0)
+    assert table.seen[slot] == 7 and table.x_mean[slot] == 5.0
+    assert not table.season_mean[slot].any() and not table.season_dev[slot].any()
+    assert not table.season[slot].any()
