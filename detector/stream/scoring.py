@@ -486,6 +486,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
             # Pass 1: replays, disorder, gaps, normalisation, error, the score's input,
             # until the chunk has CHUNK points that step the LSTM.
             m = 0  # points of the chunk that step the LSTM
+            seasonal_z = 0  # of them, points with a seasonal score (an open gate): most
+            # chunks have none, and then pass 2 skips the seasonal tail scores
             while i < hi and m < C:
                 i += 1  # (this point is order[i - 1]; `continue` moves on)
                 # Prefetch the record and LSTM rows of the point `ahead` places on, and the
@@ -655,6 +657,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                                 s_z[m] = (
                                     short - float(rec_f[s, c_season + SEASON_MEAN])
                                 ) / s_spread
+                                seasonal_z += 1
                             s_u[m] = u
                             s_r[m] = r_b
                             rec_h[s, c_smean + b] = _season_mean_q(m_b + SEASON_ALPHA * (xn - m_b))
@@ -669,7 +672,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
             for j in range(m):
                 if kind[j] == _TAIL:
                     score[points[j]] = tails[j]
-            if seasonal:
+            if seasonal_z > 0:
                 tail_scores(s_z, s_tail, m)
                 for j in range(m):
                     scored = s_z[j] > -30.0
@@ -749,7 +752,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 # The mark: a stream without marks (most) has nothing to clear. A point
                 # that exceeds by its seasonal score alone is not marked (module docstring).
                 marked_now = exceeds
-                if seasonal and exceeds and n > 0:
+                if seasonal_z > 0 and exceeds and n > 0:
                     marked_now = max(s_z[j], novel[j]) >= threshold
                 fl = flags[s] | DIRTY
                 bit = np.uint8(1 << (pos & 7))
