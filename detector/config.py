@@ -113,6 +113,14 @@ class ScoringSettings(_Section):
         description="share of the normalised input's variance the daily profile must explain "
         "before its deviations score",
     )
+    seasonal_warmup_days: float = Field(
+        1.0,
+        ge=0,
+        le=365,
+        description="the seasonal score starts once the stream has run this long (its points "
+        "times its usual interval): before a day has passed, a bin's profile holds only the "
+        "same day's points, so its deviations are short-term ones the prediction error scores",
+    )
 
     @model_validator(mode="after")
     def _k_of_n(self) -> ScoringSettings:

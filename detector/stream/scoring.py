@@ -33,7 +33,10 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    visit); u_t = |x̃_t - m_b| / max(d_b, SEASON_DEV_FLOOR) scores as the likelihood does
    (its short-term mean against its own running mean and variance), but only while the
    profile explains at least ``seasonal_gate`` of the input's variance: the running mean
-   of (x̃_t - m_b)² is at most 1 - seasonal_gate (x̃ has variance about 1). It sees what
+   of (x̃_t - m_b)² is at most 1 - seasonal_gate (x̃ has variance about 1), and once the
+   stream has run ``seasonal_warmup_days`` (its points before this one times its usual
+   interval): before a day has passed a bin holds only the same day's points, so its
+   deviation is a short-term one, the prediction error's business. It sees what
    a predictor with a memory of W points cannot: a daily peak that does not come, or
    comes too low. A bin's first visit only sets m_b. A point that exceeds by its seasonal
    score alone alerts, but its ring entry is not marked (step 6): the mark keeps from the
@@ -165,7 +168,8 @@ C_NOVELTY = 19
 C_LEARN_ALL = 20
 C_SEASONAL = 21
 C_SEASON_GATE = 22
-N_CONFIG = 23
+C_SEASON_WARMUP = 23
+N_CONFIG = 24
 
 # The seasonal score's fixed constants (module docstring).
 SEASON_ALPHA = 0.1  # EWMA weight of a bin's mean and deviation per visit
@@ -212,6 +216,7 @@ class ScoringConfig:
         v[C_LEARN_ALL] = scoring.stats_learn_all
         v[C_SEASONAL] = scoring.seasonal
         v[C_SEASON_GATE] = scoring.seasonal_gate
+        v[C_SEASON_WARMUP] = scoring.seasonal_warmup_days * _DAY
         v.flags.writeable = False
         return cls(v)
 
@@ -413,6 +418,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     # The seasonal score: one value per point, and not with the dynamic threshold.
     seasonal = cfg[C_SEASONAL] != 0.0 and D == 1 and mode != MODE_DYNAMIC
     season_r2_max = 1.0 - cfg[C_SEASON_GATE]
+    season_warmup = cfg[C_SEASON_WARMUP]  # seconds of the stream's life before it scores
     bins_per_s = SEASON_BINS / _DAY
     inv_D = 1.0 / D
     use_offsets = offsets.shape[0] > 0
@@ -649,6 +655,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                             if (
                                 count > 0.0
                                 and float(rec_f[s, c_season + SEASON_R2]) <= season_r2_max
+                                and n * float(rec_f[s, c_err + DT_MEAN]) >= season_warmup
                             ):
                                 s_spread = max(
                                     math.sqrt(float(rec_f[s, c_season + SEASON_VAR])),

@@ -245,7 +245,11 @@ class RefScorer:
                 season_r = abs(x0 - m_b)
                 season_u = season_r / max(d_b, SEASON_DEV_FLOOR)
                 s.season_short += self.alpha(sc.short_span) * (season_u - s.season_short)
-                if s.err_count and s.season_r2 <= 1.0 - sc.seasonal_gate:
+                if (
+                    s.err_count
+                    and s.season_r2 <= 1.0 - sc.seasonal_gate
+                    and s.seen * s.dt_mean >= sc.seasonal_warmup_days * 86400.0
+                ):
                     spread_u = max(math.sqrt(s.season_u_var), sc.min_error_std)
                     season = ref_tail_score((s.season_short - s.season_u_mean) / spread_u)
                 new_m = m_b + SEASON_ALPHA * (x0 - m_b)

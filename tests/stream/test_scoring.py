@@ -458,3 +458,37 @@ def test_seasonal_score_sees_a_missing_daily_peak(seasonal: bool) -> None:
 def test_seasonal_gate_must_lie_in_0_1() -> None:
     with pytest.raises(ValueError, match="seasonal_gate"):
         ScoringSettings(seasonal_gate=1.0)
+
+
+def test_seasonal_score_waits_for_a_day_of_the_stream() -> None:
+    """Before a day has passed a bin holds only that day's points: with seasonal_warmup_days
+    = 1 the first day scores as without the seasonal score, with 0 the profile's same-day
+    deviations already score; kernel and reference agree in all three runs."""
+    rng = np.random.default_rng(5)
+    day = 288  # 5-minute points
+    ts = 1_700_006_400.0 + 300.0 * np.arange(2 * day)
+    values = 20.0 * np.sin(2.0 * np.pi * (ts - ts[0]) / 43_200.0) + rng.normal(0.0, 1.0, ts.size)
+    values[150:156] += 8.0
+    values = values.reshape(-1, 1)
+    streams = StreamSettings(buffer_len=16)
+    scores = {}
+    for name, kw in (
+        ("off", dict(seasonal=False)),
+        ("day", dict(seasonal=True, seasonal_warmup_days=1.0)),
+        ("none", dict(seasonal=True, seasonal_warmup_days=0.0)),
+    ):
+        scoring = ScoringSettings(mode="likelihood", warmup=100, **kw)
+        table, params, config = make_group(scoring, streams, persistence=True)
+        out = run_batches(table, params, config, ["s"] * ts.size, ts, values, 128)
+        ref = RefScorer(params, scoring, streams, calendar=False)
+        want = [ref.point("s", t, v).score for t, v in zip(ts, values, strict=True)]
+        npt.assert_allclose(out["score"], want, rtol=1e-7, atol=1e-9)
+        scores[name] = out["score"]
+    npt.assert_array_equal(scores["day"][:day], scores["off"][:day])
+    assert np.any(scores["none"][:day] > scores["off"][:day] + 0.01)
+    assert np.any(scores["day"][day:] > scores["off"][day:] + 0.01)
+
+
+def test_seasonal_warmup_days_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="seasonal_warmup_days"):
+        ScoringSettings(seasonal_warmup_days=-1.0)
