@@ -27,10 +27,11 @@ Phases, in this order:
       ``max_poll_records``) in a fresh group, ``getmany(timeout_ms=500, max_records=run.
       batch_size)`` as the daemon calls it, ``detector.io.formats.decode(value, "native")``
       for every record (the per-record decoder the issue names; the daemon decodes each
-      batch with ``formats.native_points``, the same samples for less, and the rest with
-      ``decode``: see bench/README.md), until every partition is read to its end; then the
-      same loop decoding each batch as the daemon does (``native_points``, ``decode`` for
-      the rest), for the like-for-like ratio printed beside the headline;
+      batch with ``formats.scan_native`` and ``formats.native_points``, the same samples
+      for less, and the rest with ``decode``: see bench/README.md), until every partition
+      is read to its end; then the same loop decoding each batch as the daemon does
+      (``scan_native``, ``native_points`` for what it leaves, ``decode`` for the rest), for
+      the like-for-like ratio printed beside the headline;
    b. daemon: ``python -m detector run --config FILE`` as a subprocess (source, sink and
       dead letters in Kafka, retraining off, a fresh group, so a fresh changelog), while
       this process reads the alerts topic.
@@ -118,9 +119,10 @@ from aiokafka.partitioner import murmur2
 from machine import cpu_model, git_revision  # bench/ is the script's directory
 
 from detector.config import KafkaSettings
-from detector.io.formats import decode, native_points
+from detector.io.formats import decode, native_points, scan_native
 from detector.kafka import clients
 from detector.kafka.topics import wait_for_leaders
+from detector.stream.pipeline import MAX_STREAM_ID_BYTES
 
 REPO = Path(__file__).resolve().parent.parent
 KAFKA_SH = REPO / "deploy" / "kafka" / "kafka.sh"
@@ -541,7 +543,7 @@ async def bare_loop(
 ) -> dict[str, Any]:
     """Read ``topic`` to ``ends`` and decode every record: per record with ``decode`` (the
     issue's bare loop) or, with ``batch_decode``, per batch as the daemon does
-    (``native_points``, then ``decode`` for what it leaves)."""
+    (``scan_native``, ``native_points`` for what it leaves, then ``decode``)."""
     k = KafkaSettings(
         **kafka_options(args.bootstrap), group_id=f"{topic}-bare-{uuid.uuid4().hex[:6]}"
     )
@@ -559,10 +561,13 @@ async def bare_loop(
             for tp, recs in batches.items():
                 payloads = [r.value if r.value is not None else b"" for r in recs]
                 if batch_decode:
-                    plain = native_points(payloads)
-                    samples += len(plain.names)
-                    for i in plain.other:
-                        samples += len(decode(payloads[i], "native").samples)
+                    scanned = scan_native(payloads, MAX_STREAM_ID_BYTES)
+                    samples += len(scanned.index)
+                    if scanned.other:
+                        plain = native_points(payloads, scanned.other)
+                        samples += len(plain.names)
+                        for i in plain.other:
+                            samples += len(decode(payloads[i], "native").samples)
                 else:
                     for payload in payloads:
                         samples += len(decode(payload, "native").samples)

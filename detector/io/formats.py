@@ -96,7 +96,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, get_args
 
+import numpy as np
 import orjson
+from numba import njit
+from numba.cpython.unsafe.numbers import leading_zeros
+from numpy.typing import NDArray
 
 from detector.errors import RecordDecodeError
 
@@ -161,7 +165,7 @@ class PlainPoints:
     other: list[int]  # every other message, ascending: decode() them one by one
 
 
-def native_points(payloads: Sequence[bytes]) -> PlainPoints:
+def native_points(payloads: Sequence[bytes], indices: Sequence[int] | None = None) -> PlainPoints:
     """The batch fast path of the native format, for the messages that are *plain points*.
 
     A plain point is one native record on one line (an optional trailing newline): an
@@ -171,7 +175,8 @@ def native_points(payloads: Sequence[bytes]) -> PlainPoints:
     {"": value})`` and no error; this gives the same as columns, without a ``Decoded``,
     ``Sample`` or dict per message and without the per-record checks in between. Anything
     else (several lines, other timestamps, ``values``, malformed) is left to ``decode`` by
-    its index in ``other``, so this never decides what an error is.
+    its index in ``other``, so this never decides what an error is. ``indices``: only the
+    messages at these (ascending) places, by default all.
     """
     out = PlainPoints([], [], [], [], [], [])
     names, tags, ts, values, index, other = (
@@ -183,7 +188,8 @@ def native_points(payloads: Sequence[bytes]) -> PlainPoints:
         out.other,
     )
     loads, malformed = orjson.loads, orjson.JSONDecodeError
-    for i, payload in enumerate(payloads):
+    for i in range(len(payloads)) if indices is None else indices:
+        payload = payloads[i]
         # A newline inside makes several lines, which decode() reads one by one; any other
         # type (memoryview, bytearray) takes the general path too.
         if type(payload) is not bytes or (
@@ -240,6 +246,407 @@ def native_points(payloads: Sequence[bytes]) -> PlainPoints:
         values.append(float(value))
         index.append(i)
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class ScannedPoints:
+    """``scan_native``: the simplest plain points of a batch, read from the bytes.
+
+    ``ids`` holds the points' stream ids (their ``stream`` members, which need no escaping)
+    back to back, ``id_ends[k]`` where point k's id ends; ``index`` is each point's
+    message, ascending; ``other`` every other message, ascending."""
+
+    ids: NDArray[np.uint8]
+    id_ends: NDArray[np.int64]
+    ts: NDArray[np.float64]  # epoch seconds
+    values: NDArray[np.float64]
+    index: NDArray[np.int64]
+    other: list[int]
+
+
+def scan_native(payloads: Sequence[bytes], max_id_bytes: int) -> ScannedPoints:
+    """The plain points of ``native_points`` whose record is of the simplest kind, without
+    a Python object per message: an object of exactly the members ``stream``, ``ts`` and
+    ``value`` (any order, JSON whitespace between tokens, a newline only at the end), all
+    ASCII, the stream a string without escapes, braces or control characters and at most
+    ``max_id_bytes`` long, the two numbers of at most 15 significant digits and a decimal
+    exponent within +-22 (so each is one exact or correctly rounded operation away from its
+    digits, as any JSON parser reads it), and ``ts`` in seconds or milliseconds as
+    ``native_points`` takes it. For such a record ``native_points`` gives the stream id
+    ``stream``, no tags, and exactly these ts and value. Anything else is left in
+    ``other``, for ``native_points`` and ``decode``: this never decides what an error is.
+    """
+    n = len(payloads)
+    try:
+        buf = np.frombuffer(b"".join(payloads), np.uint8)
+    except TypeError:  # not all bytes-like: native_points and decode sort them out
+        buf = np.empty(0, np.uint8)
+        payloads = [b""] * n
+    ends = np.cumsum(np.fromiter(map(len, payloads), np.int64, n))
+    ids = np.empty(buf.size, np.uint8)
+    id_ends = np.empty(n, np.int64)
+    ts = np.empty(n, np.float64)
+    values = np.empty(n, np.float64)
+    index = np.empty(n, np.int64)
+    other = np.empty(n, np.int64)
+    slow_at = np.empty(2 * n, np.int64)
+    slow_spans = np.empty((2 * n, 2), np.int64)
+    taken, left, n_slow = _scan_native(
+        buf, ends, max_id_bytes, ids, id_ends, ts, values, index, other, slow_at, slow_spans
+    )
+    out = ScannedPoints(
+        ids[: id_ends[taken - 1] if taken else 0],
+        id_ends[:taken],
+        ts[:taken],
+        values[:taken],
+        index[:taken],
+        other[:left].tolist(),
+    )
+    if n_slow:
+        out = _parse_slow_numbers(out, buf.tobytes(), slow_at[:n_slow], slow_spans[:n_slow])
+    return out
+
+
+def _parse_slow_numbers(
+    scanned: ScannedPoints, text: bytes, at: NDArray[np.int64], spans: NDArray[np.int64]
+) -> ScannedPoints:
+    """The numbers the scan could not read exactly, by float() (correctly rounded, as any
+    JSON parser reads them); points whose ts is then outside native_points' units are
+    not plain after all."""
+    numbers = np.array([float(text[a:b]) for a, b in spans.tolist()], np.float64)
+    point, is_value = at >> 1, (at & 1).astype(np.bool_)
+    scanned.values[point[is_value]] = numbers[is_value]
+    t, with_ts = numbers[~is_value], point[~is_value]
+    scanned.ts[with_ts] = np.where(t < _SECONDS_BELOW, t, t / 1_000)
+    bad = with_ts[~((t >= _MIN_SECONDS) & (t < _MILLIS_BELOW))]
+    if not bad.size:
+        return scanned
+    keep = np.ones(scanned.index.size, np.bool_)
+    keep[bad] = False
+    lengths = np.diff(scanned.id_ends, prepend=0)
+    return ScannedPoints(
+        scanned.ids[np.repeat(keep, lengths)],
+        np.cumsum(lengths[keep]),
+        scanned.ts[keep],
+        scanned.values[keep],
+        scanned.index[keep],
+        sorted([*scanned.other, *scanned.index[bad].tolist()]),
+    )
+
+
+# Exact powers of ten: 10**k for k <= 22 is a float64 without rounding (5**22 < 2**53).
+_POW10 = np.array([10.0**k for k in range(23)], np.float64)
+_EXACT_DIGITS = 15  # at most 15 significant digits: the integer they form is exact (< 2**53)
+_INT_DIGITS = 18  # a longer integer may not fit 64 bits, which JSON parsers refuse
+_FLOAT_DIGITS = 40  # digits, and decimal magnitudes, past which the scan leaves a number
+_FLOAT_MAGNITUDE = 300  # (so that no number it takes overflows or underflows)
+_NOT_PLAIN = -1  # what the scanning helpers return for anything the fast path leaves
+_POW10_MIN, _POW10_MAX = -348, 347  # decimal exponents _eisel_lemire covers
+
+
+def _mantissas_of_powers_of_ten() -> NDArray[np.uint64]:
+    """Row q - _POW10_MIN: the high and low 64 bits of 10**q * 2**(127 - floor(q log2 10)),
+    rounded down: 10**q's 128-bit mantissa, top bit set."""
+    rows = np.empty((_POW10_MAX - _POW10_MIN + 1, 2), np.uint64)
+    for q in range(_POW10_MIN, _POW10_MAX + 1):
+        shift = 127 - ((217706 * q) >> 16)  # the exponent formula _eisel_lemire uses
+        if q >= 0:
+            m = 10**q << shift if shift >= 0 else 10**q >> -shift
+        else:
+            m = (1 << shift) // 10**-q
+        rows[q - _POW10_MIN] = (m >> 64, m & (2**64 - 1))
+    return rows
+
+
+_POW10_MANTISSAS = _mantissas_of_powers_of_ten()
+_U32 = np.uint64(0xFFFFFFFF)
+_LOW9 = np.uint64(0x1FF)
+_FRACTION_BITS = np.uint64((1 << 52) - 1)
+_SIGN_BIT = np.uint64(1 << 63)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _mul_64x64(a, b):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    """The 128-bit product of two uint64, as (high, low)."""
+    a_lo, a_hi, b_lo, b_hi = a & _U32, a >> np.uint64(32), b & _U32, b >> np.uint64(32)
+    p0, p1, p2, p3 = a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi
+    mid = (p0 >> np.uint64(32)) + (p1 & _U32) + (p2 & _U32)
+    high = p3 + (p1 >> np.uint64(32)) + (p2 >> np.uint64(32)) + (mid >> np.uint64(32))
+    return high, (mid << np.uint64(32)) | (p0 & _U32)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _eisel_lemire(digits, exp10, negative, bits):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    """digits * 10**exp10 correctly rounded, by the Eisel-Lemire algorithm (Lemire, "Number
+    parsing at a gigabyte per second", 2021; as Go's strconv does it): into bits[0] as the
+    float64's bits, returning True; False (bits untouched) in the rare cases it cannot
+    decide, and for subnormal or infinite results. digits > 0, below 2**63."""
+    if exp10 < _POW10_MIN or exp10 > _POW10_MAX:
+        return False
+    man = np.uint64(digits)
+    clz = leading_zeros(man)  # type: ignore[call-arg,var-annotated]  # a numba intrinsic
+    man = man << np.uint64(clz)
+    ret_exp2 = np.uint64(((217706 * exp10) >> 16) + 64 + 1023 - clz)
+    row = exp10 - _POW10_MIN
+    x_hi, x_lo = _mul_64x64(man, _POW10_MANTISSAS[row, 0])
+    if x_hi & _LOW9 == _LOW9 and x_lo + man < man:  # the product's error may reach the bits kept
+        y_hi, y_lo = _mul_64x64(man, _POW10_MANTISSAS[row, 1])
+        merged_hi, merged_lo = x_hi, x_lo + y_hi
+        if merged_lo < x_lo:
+            merged_hi += np.uint64(1)
+        if (
+            merged_hi & _LOW9 == _LOW9
+            and merged_lo + np.uint64(1) == np.uint64(0)
+            and y_lo + man < man
+        ):
+            return False
+        x_hi, x_lo = merged_hi, merged_lo
+    msb = x_hi >> np.uint64(63)
+    mantissa = x_hi >> (msb + np.uint64(9))
+    ret_exp2 -= np.uint64(1) ^ msb
+    if (
+        x_lo == np.uint64(0)
+        and x_hi & _LOW9 == np.uint64(0)
+        and mantissa & np.uint64(3) == np.uint64(1)
+    ):
+        return False  # exactly half-way: ties-to-even needs more than this
+    mantissa += mantissa & np.uint64(1)
+    mantissa >>= np.uint64(1)
+    if mantissa >> np.uint64(53) > np.uint64(0):
+        mantissa >>= np.uint64(1)
+        ret_exp2 += np.uint64(1)
+    if ret_exp2 - np.uint64(1) >= np.uint64(0x7FF - 1):  # subnormal (0 wraps) or infinite
+        return False
+    result = (ret_exp2 << np.uint64(52)) | (mantissa & _FRACTION_BITS)
+    bits[0] = result | _SIGN_BIT if negative else result
+    return True
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _skip_space(buf, i, end):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    while i < end and (buf[i] == 32 or buf[i] == 9 or buf[i] == 13 or buf[i] == 10):
+        i += 1
+    return i
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _string_end(buf, i, end):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    """buf[i] opens a string: where its closing quote is, or _NOT_PLAIN (no quote, an
+    escape or a control character: the general path's to read or refuse)."""
+    if i >= end or buf[i] != 34:
+        return _NOT_PLAIN
+    i += 1
+    while i < end:
+        c = buf[i]
+        if c == 34:
+            return i
+        if c == 92 or c < 32:
+            return _NOT_PLAIN
+        i += 1
+    return _NOT_PLAIN
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _is_key(buf, start, stop, key):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    if stop - start != len(key):
+        return False
+    for k in range(len(key)):  # noqa: SIM110 (all() of a generator does not compile in numba)
+        if buf[start + k] != key[k]:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _number(buf, i, end, bits, as_float):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    """A JSON number at buf[i]: (where it ends, its value, exact), or (_NOT_PLAIN, 0.0,
+    False) when it is not one or past the scan's limits. exact: the value is what a correct
+    parser returns: an integer of at most 15 digits; at most 15 significant digits and a
+    decimal exponent within +-22, which is digits * 10**e or digits / 10**-e, one correctly
+    rounded operation on exact operands (Clinger's fast path); else, up to 18 digits, what
+    _eisel_lemire decides (through bits, whose float64 view is as_float). Otherwise the
+    caller parses the text (scan_native)."""
+    negative = i < end and buf[i] == 45
+    if negative:
+        i += 1
+    if i >= end or not 48 <= buf[i] <= 57:
+        return _NOT_PLAIN, 0.0, False
+    digits = 0  # the first significant digits, as an integer (no more than fit 64 bits)
+    significant = 0
+    exponent = 0  # of the last digit read into `digits`, then of the number
+    if buf[i] == 48:  # a leading zero stands alone ("01" is not JSON)
+        i += 1
+        if i < end and 48 <= buf[i] <= 57:
+            return _NOT_PLAIN, 0.0, False
+    else:
+        while i < end and 48 <= buf[i] <= 57:
+            significant += 1
+            if significant <= _INT_DIGITS:
+                digits = digits * 10 + (buf[i] - 48)
+            else:
+                exponent += 1
+            i += 1
+    is_int = True
+    if i < end and buf[i] == 46:
+        is_int = False
+        i += 1
+        if i >= end or not 48 <= buf[i] <= 57:
+            return _NOT_PLAIN, 0.0, False
+        while i < end and 48 <= buf[i] <= 57:
+            if significant or buf[i] != 48:
+                significant += 1
+            if significant <= _INT_DIGITS:
+                digits = digits * 10 + (buf[i] - 48)
+                exponent -= 1
+            i += 1
+    if i < end and (buf[i] == 101 or buf[i] == 69):
+        is_int = False
+        i += 1
+        sign = 1
+        if i < end and (buf[i] == 43 or buf[i] == 45):
+            sign = -1 if buf[i] == 45 else 1
+            i += 1
+        if i >= end or not 48 <= buf[i] <= 57:
+            return _NOT_PLAIN, 0.0, False
+        written = 0
+        while i < end and 48 <= buf[i] <= 57:
+            written = written * 10 + (buf[i] - 48)
+            i += 1
+            if written > _FLOAT_MAGNITUDE:
+                return _NOT_PLAIN, 0.0, False
+        exponent += sign * written
+    if is_int:
+        if significant > _INT_DIGITS:
+            return _NOT_PLAIN, 0.0, False
+        value = float(digits)
+        if significant > _EXACT_DIGITS:
+            return i, 0.0, False
+        return i, -value if negative and digits else value, True  # the integer -0 is 0
+    if digits == 0:  # every digit 0
+        return i, -0.0 if negative else 0.0, True
+    magnitude = exponent + min(significant, _INT_DIGITS)
+    if significant > _FLOAT_DIGITS or not -_FLOAT_MAGNITUDE < magnitude < _FLOAT_MAGNITUDE:
+        return _NOT_PLAIN, 0.0, False
+    if significant > _EXACT_DIGITS or not -22 <= exponent <= 22:
+        if significant <= _INT_DIGITS and _eisel_lemire(digits, exponent, negative, bits):
+            return i, as_float[0], True
+        return i, 0.0, False
+    value = float(digits)
+    value = value * _POW10[exponent] if exponent >= 0 else value / _POW10[-exponent]
+    return i, -value if negative else value, True
+
+
+_STREAM_KEY = np.frombuffer(b"stream", np.uint8)
+_TS_KEY = np.frombuffer(b"ts", np.uint8)
+_VALUE_KEY = np.frombuffer(b"value", np.uint8)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _scan_native(buf, ends, max_id, ids, id_ends, ts, values, index, other, slow_at, slow_spans):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    """scan_native's loop: returns (points taken, messages left, numbers to parse). Number
+    j to parse is buf[slow_spans[j, 0]:slow_spans[j, 1]], point slow_at[j] >> 1's ts (low
+    bit 0) or value (1)."""
+    taken = left = n_slow = 0
+    bits = np.zeros(1, np.uint64)
+    as_float = bits.view(np.float64)
+    at = 0  # bytes of ids written
+    start = 0
+    for m in range(ends.shape[0]):
+        end = ends[m]
+        a = start
+        start = end
+        plain = a < end
+        for k in range(a, end):  # ASCII only, and a newline only as the last byte
+            if buf[k] >= 128 or (buf[k] == 10 and k < end - 1):
+                plain = False
+                break
+        i = _skip_space(buf, a, end) if plain else end
+        if i >= end or buf[i] != 123:
+            plain = False
+        i += 1
+        seen = 0  # bits: stream, ts, value
+        name_start = name_stop = 0
+        t = v = 0.0
+        while plain:
+            i = _skip_space(buf, i, end)
+            stop = _string_end(buf, i, end)
+            if stop == _NOT_PLAIN:
+                plain = False
+                break
+            if _is_key(buf, i + 1, stop, _STREAM_KEY):
+                member = 1
+            elif _is_key(buf, i + 1, stop, _TS_KEY):
+                member = 2
+            elif _is_key(buf, i + 1, stop, _VALUE_KEY):
+                member = 4
+            else:
+                member = 0
+            if member == 0 or seen & member:  # another member, or one twice
+                plain = False
+                break
+            seen |= member
+            i = _skip_space(buf, stop + 1, end)
+            if i >= end or buf[i] != 58:
+                plain = False
+                break
+            i = _skip_space(buf, i + 1, end)
+            if member == 1:
+                stop = _string_end(buf, i, end)
+                if stop == _NOT_PLAIN or stop == i + 1 or stop - i - 1 > max_id:
+                    plain = False
+                    break
+                name_start, name_stop = i + 1, stop
+                for k in range(name_start, name_stop):  # braces would be escaped in the id
+                    if buf[k] == 123 or buf[k] == 125:
+                        plain = False
+                if not plain:
+                    break
+                i = stop + 1
+            else:
+                number_start = i
+                i, number, exact = _number(buf, i, end, bits, as_float)
+                if i == _NOT_PLAIN:
+                    plain = False
+                    break
+                if member == 2:
+                    t = number
+                else:
+                    v = number
+                if not exact:  # its text, for scan_native to parse
+                    slow_at[n_slow] = 2 * taken + (member == 4)
+                    slow_spans[n_slow, 0] = number_start
+                    slow_spans[n_slow, 1] = i
+                    n_slow += 1
+                    if member == 2:
+                        t = _SECONDS_BELOW  # taken as seconds for now; scan_native decides
+            i = _skip_space(buf, i, end)
+            if i < end and buf[i] == 44:
+                i += 1
+                continue
+            if i >= end or buf[i] != 125 or seen != 7:
+                plain = False
+            break
+        if plain and _skip_space(buf, i + 1, end) != end:
+            plain = False
+        # native_points' units: seconds, or milliseconds after 1970
+        if plain and _MIN_SECONDS <= t < _SECONDS_BELOW:
+            seconds = t
+        elif plain and _SECONDS_BELOW <= t < _MILLIS_BELOW:
+            seconds = t / 1_000
+        else:
+            while n_slow > 0 and slow_at[n_slow - 1] >> 1 == taken:  # not taken after all
+                n_slow -= 1
+            other[left] = m
+            left += 1
+            continue
+        for k in range(name_start, name_stop):
+            ids[at] = buf[k]
+            at += 1
+        id_ends[taken] = at
+        ts[taken] = seconds
+        values[taken] = v
+        index[taken] = m
+        taken += 1
+    return taken, left, n_slow
 
 
 def stream_id(name: str, tags: str, field: str) -> str:

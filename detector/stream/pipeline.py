@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from detector.config import GroupSettings, Settings
 from detector.errors import ConfigError, ModelFileError, StateFormatError
-from detector.io.formats import Format, PlainPoints, decode, native_points
+from detector.io.formats import Format, PlainPoints, decode, native_points, scan_native
 from detector.model.modelfile import load_model
 from detector.model.params import LSTMParams, make_shape
 from detector.stream.routing import Router
@@ -43,7 +43,7 @@ from detector.stream.scoring import (
     check_compatible,
     score_batch,
 )
-from detector.stream.state import StreamStateTable, TableLayout
+from detector.stream.state import StreamIds, StreamStateTable, TableLayout
 
 MAX_STREAM_ID_BYTES = 1024  # longer ids are rejected: they are almost surely a bug upstream
 _ALERT_NAMESPACE = uuid.UUID("6f1c8a52-3f0e-4d2b-9a57-0c4b7e1d2a90")
@@ -117,35 +117,37 @@ class _Points:
     values: list[float] = field(default_factory=list)  # flat: n_values per point
     offsets: list[int] = field(default_factory=list)  # input offset of each point's message
     order: list[int] = field(default_factory=list)  # each point's message (batch index)
-    plain: _Plain | None = None
+    plains: list[_Plain] = field(default_factory=list)  # at most one per fast path
 
     def __bool__(self) -> bool:
-        return bool(self.streams) or self.plain is not None
+        return bool(self.streams) or bool(self.plains)
 
     def arrays(
         self, n_values: int
-    ) -> tuple[list[str], NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+    ) -> tuple[Sequence[str], NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
         """streams, ts (B,), values (B, n_values) and offsets (B,), in message order."""
-        listed = (
+        if len(self.plains) == 1 and not self.streams:  # the usual batch: no copy
+            plain = self.plains[0]
+            return plain.streams, plain.ts, plain.values, plain.offsets
+        listed = _Plain(
             self.streams,
             np.array(self.ts, np.float64),
             np.array(self.values, np.float64).reshape(len(self.ts), n_values),
             np.array(self.offsets, np.int64),
+            np.array(self.order, np.int64),
         )
-        plain = self.plain
-        if plain is None:
-            return listed
-        if not self.streams:
-            return plain.streams, plain.ts, plain.values, plain.offsets
-        # Both kinds in one batch: back to message order (stable: a message's own points
+        if not self.plains:
+            return listed.streams, listed.ts, listed.values, listed.offsets
+        # Several kinds in one batch: back to message order (stable: a message's own points
         # keep theirs), so that each stream's points reach the kernel in arrival order.
-        order = np.argsort(np.concatenate([plain.order, self.order]), kind="stable")
-        streams = [*plain.streams, *self.streams]
+        parts = [*self.plains, listed]
+        order = np.argsort(np.concatenate([p.order for p in parts]), kind="stable")
+        streams = [s for p in parts for s in p.streams]
         return (
             [streams[i] for i in order.tolist()],
-            np.concatenate([plain.ts, listed[1]])[order],
-            np.concatenate([plain.values, listed[2]])[order],
-            np.concatenate([plain.offsets, listed[3]])[order],
+            np.concatenate([p.ts for p in parts])[order],
+            np.concatenate([p.values for p in parts])[order],
+            np.concatenate([p.offsets for p in parts])[order],
         )
 
 
@@ -157,11 +159,22 @@ def _offsets_array(offsets: Sequence[int]) -> NDArray[np.int64]:
     return np.array(offsets, np.int64)
 
 
+def _offsets_of(
+    offsets: Sequence[int] | None, index: NDArray[np.int64], every: bool
+) -> NDArray[np.int64]:
+    """The offsets of the messages at ``index`` (``every``: all of them, in order); -1
+    each without offsets."""
+    if offsets is None:
+        return np.full(index.size, -1, np.int64)
+    return _offsets_array(offsets) if every else _offsets_array(offsets)[index]
+
+
 @dataclass(frozen=True, slots=True)
 class _Plain:
-    """One group's plain points of a native batch (``formats.native_points``)."""
+    """One group's points of a batch as columns: the plain points of a native batch
+    (``formats.scan_native`` or ``formats.native_points``), or the listed ones."""
 
-    streams: list[str]
+    streams: Sequence[str]  # a list, or StreamIds straight from scan_native
     ts: NDArray[np.float64]  # (B,)
     values: NDArray[np.float64]  # (B, 1)
     offsets: NDArray[np.int64]  # (B,)
@@ -261,6 +274,13 @@ class Pipeline:
         self.mode = settings.scoring.mode
         # Route of a plain point by its name (untagged) or (name, tags): one dict look-up.
         self._plain_routes: dict[str | tuple[str, str], tuple[int, str]] = {}
+        # One per-field group takes every stream, under its plain name: the simplest plain
+        # points need no routing, so formats.scan_native may read them straight from bytes.
+        self._scan_group = (
+            0
+            if self.format == "native" and len(self.groups) == 1 and self.groups[0].n_values == 1
+            else -1
+        )
 
     def process(
         self,
@@ -299,19 +319,42 @@ class Pipeline:
         points: list[_Points],
         out: BatchOutput,
     ) -> None:
-        """Plain points (one record per message, the usual case) as whole columns; the other
-        messages one by one, as any format."""
-        plain = native_points(messages)
+        """Plain points (one record per message, the usual case) as whole columns: the
+        simplest straight from the bytes when one group takes every stream, the others
+        through native_points; the remaining messages one by one, as any format."""
+        n = len(messages)
+        rest: Sequence[int] = range(n)
+        if self._scan_group >= 0:
+            scanned = scan_native(messages, MAX_STREAM_ID_BYTES)
+            taken = len(scanned.index)
+            if taken:
+                points[self._scan_group].plains.append(
+                    _Plain(
+                        StreamIds(scanned.ids, scanned.id_ends),
+                        scanned.ts,
+                        scanned.values.reshape(taken, 1),
+                        _offsets_of(offsets, scanned.index, taken == n),
+                        scanned.index,
+                    )
+                )
+            rest = scanned.other
+        if not rest:
+            return
+        plain = native_points(messages, rest)
         rest = plain.other
         if plain.names:
-            routed = self._gather_plain(plain, offsets, points)
+            routed = self._gather_plain(plain, n, offsets, points)
             if routed:
                 rest = sorted([*rest, *routed])
         if rest:
             self._gather(messages, rest, now, offsets, points, out)
 
     def _gather_plain(
-        self, plain: PlainPoints, offsets: Sequence[int] | None, points: list[_Points]
+        self,
+        plain: PlainPoints,
+        n_messages: int,
+        offsets: Sequence[int] | None,
+        points: list[_Points],
     ) -> list[int]:
         """Route the plain points and hand each group its share as arrays; returns the
         messages whose route is not plain (for the general loop)."""
@@ -328,19 +371,14 @@ class Pipeline:
         streams: list[str] = list(map(_STREAM, routes))  # type: ignore[arg-type]
         groups: list[int] = list(map(_GROUP, routes))  # type: ignore[arg-type]
         n = len(streams)
-        every = not plain.other  # every message is a plain point
+        every = n == n_messages  # every message is a plain point
         index = np.arange(n, dtype=np.int64) if every else np.array(plain.index, np.int64)
         ts = np.array(plain.ts, np.float64)
         values = np.array(plain.values, np.float64).reshape(n, 1)
-        if offsets is None:
-            offs = np.full(n, -1, np.int64)
-        elif every:
-            offs = _offsets_array(offsets)
-        else:
-            offs = _offsets_array(offsets)[index]
+        offs = _offsets_of(offsets, index, every)
         first = groups[0]
         if first >= 0 and groups.count(first) == n:  # one group takes them all: no split
-            points[first].plain = _Plain(streams, ts, values, offs, index)
+            points[first].plains.append(_Plain(streams, ts, values, offs, index))
             return []
         group = np.array(groups, np.int64)
         not_plain: list[int] = []
@@ -350,7 +388,7 @@ class Pipeline:
                 not_plain = index[mask].tolist()
                 continue
             taken = [s for s, ok in zip(streams, mask.tolist(), strict=True) if ok]
-            points[g].plain = _Plain(taken, ts[mask], values[mask], offs[mask], index[mask])
+            points[g].plains.append(_Plain(taken, ts[mask], values[mask], offs[mask], index[mask]))
         return not_plain
 
     def _plain_route(self, key: str | tuple[str, str], name: str, tags: str) -> tuple[int, str]:
@@ -449,7 +487,7 @@ class Pipeline:
             out.scores.append(
                 PointScores(
                     group.name,
-                    streams,
+                    list(streams),
                     ts,
                     values,
                     scores.predicted.copy(),

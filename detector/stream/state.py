@@ -534,6 +534,32 @@ def encode_ids(streams: Sequence[str]) -> tuple[NDArray[np.uint8], NDArray[np.in
     return np.frombuffer(data, np.uint8), np.cumsum(lengths)
 
 
+class StreamIds(Sequence[str]):
+    """Stream ids in the form the table's index reads (``encode_ids``): UTF-8 bytes end to
+    end and where each id ends. A batch decoded straight from bytes (``formats.scan_native``)
+    arrives like this, and an id becomes a str only when asked for (an alert's, say)."""
+
+    __slots__ = ("data", "ends")
+
+    def __init__(self, data: NDArray[np.uint8], ends: NDArray[np.int64]) -> None:
+        self.data = data
+        self.ends = ends
+
+    def __len__(self) -> int:
+        return int(self.ends.shape[0])
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]  # no slices
+        start = int(self.ends[i - 1]) if i > 0 else 0
+        return _decode(self.data[start : int(self.ends[i])].tobytes())
+
+    def __iter__(self) -> Iterator[str]:
+        text = self.data.tobytes()
+        start = 0
+        for end in self.ends.tolist():
+            yield _decode(text[start:end])
+            start = end
+
+
 def _decode(key: bytes) -> str:
     return key.decode("utf-8", "surrogatepass")
 
@@ -821,7 +847,10 @@ class StreamStateTable:
         out = np.empty(n, np.int64)
         if n == 0:
             return out
-        data, ends = encode_ids(streams)
+        if isinstance(streams, StreamIds):
+            data, ends = streams.data, streams.ends
+        else:
+            data, ends = encode_ids(streams)
         hashes = np.empty(n, np.uint64)
         missing = index_find(
             data,

@@ -9,6 +9,7 @@ import re
 import time
 from decimal import Decimal
 
+import numpy as np
 import orjson
 import pytest
 from hypothesis import assume, given, settings
@@ -770,3 +771,119 @@ def test_native_points_agrees_with_decode(documents, end):
 @given(st.lists(st.binary(max_size=60), max_size=4))
 def test_native_points_agrees_with_decode_on_arbitrary_bytes(payloads):
     agrees_with_decode(payloads)
+
+
+# --- scan_native: the simplest plain points straight from the bytes -------------------------
+
+
+def scan_agrees(payloads: list[bytes]) -> formats.ScannedPoints:
+    """Each point scan_native takes is native_points' point of that message, bit for bit,
+    under the stream id its name gives; it takes only untagged points of names that need no
+    escaping, and leaves every other message (in order) to native_points and decode."""
+    scanned = formats.scan_native(payloads, 1024)
+    index = scanned.index.tolist()
+    assert sorted(index + scanned.other) == list(range(len(payloads)))
+    assert index == sorted(index) and scanned.other == sorted(scanned.other)
+    plain = formats.native_points(payloads)
+    columns = zip(plain.names, plain.tags, plain.ts, plain.values, strict=True)
+    by_message = dict(zip(plain.index, columns, strict=True))
+    start = 0
+    for k, i in enumerate(index):
+        end = int(scanned.id_ends[k])
+        name, tags, ts, value = by_message[i]
+        assert bytes(scanned.ids[start:end]).decode() == formats.stream_id(name, "", "") == name
+        assert tags == ""
+        assert math.copysign(1, scanned.ts[k]) == math.copysign(1, ts) and scanned.ts[k] == ts
+        assert math.copysign(1, scanned.values[k]) == math.copysign(1, value)
+        assert scanned.values[k] == value
+        start = end
+    return scanned
+
+
+def test_scan_native_takes_the_simplest_records_and_leaves_the_rest():
+    taken = [
+        b'{"stream":"web-1.cpu","ts":1700000000,"value":0.73}',
+        b'{"stream": "a", "ts": 1700000000123, "value": 5}\n',  # ms, an int, a newline at the end
+        b' {\t"value" : -1.5e-3 ,"ts":1.5,\r"stream":"a"} ',  # any order, JSON whitespace
+        b'{"stream":"a","ts":-62135596800,"value":-0}',  # the integer -0 is 0
+        b'{"stream":"a","ts":1e3,"value":-0.0}',
+        b'{"stream":"a","ts":1700000000.1234567,"value":0.30000000000000004}',  # 17 digits
+        b'{"stream":"a","ts":1,"value":123456789012345678}',  # 18 digits: float() rounds
+        b'{"stream":"a","ts":1,"value":1234567890123456789012.5}',  # past 18: parsed as text
+    ]
+    left = [
+        b"",
+        b"{}",
+        b'{"stream":"a","ts":1,"value":1,"tags":null}',  # tags: native_points' to read
+        b'{"stream":"a","ts":1,"value":1,"note":"x"}',  # another member
+        b'{"stream":"a","ts":1,"value":1,"value":2}',  # a member twice
+        b'{"stream":"a{b}","ts":1,"value":1}',  # an id that escapes braces
+        b'{"stream":"\\u0061","ts":1,"value":1}',  # an escape
+        b'{"stream":"\xc3\xa9","ts":1,"value":1}',  # not ASCII
+        b'{"stream":"","ts":1,"value":1}',
+        b'{"stream":"a","ts":01,"value":1}',  # not JSON
+        b'{"stream":"a","ts":1,"value":1.}',
+        b'{"stream":"a","ts":1,"value":1,}',
+        b'{"stream":"a","ts":1,"value":1}x',
+        b'{"stream":"a","ts":1,\n"value":1}',  # a newline inside
+        b'{"stream":"a","ts":1,"value":true}',
+        b'{"stream":"a","ts":1,"value":"1"}',
+        b'{"stream":"a","ts":1,"value":12345678901234567890}',  # may not fit 64 bits
+        b'{"stream":"a","ts":1,"value":1e400}',
+        b'{"stream":"a","ts":1,"value":1.7976931348623157e308}',  # past 1e300: left
+        b'{"stream":"a","ts":1,"value":5e-324}',  # subnormal
+        b'{"stream":"a","ts":1700000000000000,"value":1}',  # microseconds
+        b'{"stream":"a","ts":1700000000000000.5,"value":1}',  # so, read as text
+        b'{"stream":"a","ts":-1e11,"value":1}',
+        b'{"stream":"' + b"x" * 1025 + b'","ts":1,"value":1}',  # longer than the limit
+    ]
+    payloads = [p for pair in zip(taken, left, strict=False) for p in pair] + left[len(taken) :]
+    scanned = scan_agrees(payloads)
+    assert [payloads[i] for i in scanned.index.tolist()] == taken
+    assert [payloads[i] for i in scanned.other] == left
+    assert scanned.ts[1] == 1_700_000_000.123 and scanned.values[6] == 1.2345678901234568e17
+    assert formats.scan_native([], 1024).index.size == 0
+    assert formats.scan_native(["not bytes"], 1024).other == [0]  # type: ignore[list-item]
+
+
+def test_scan_native_reads_numbers_as_a_correct_parser_does():
+    """Every finite double, written as orjson writes it (shortest round trip, up to 17
+    digits), and decimal texts of up to 19 digits come back exactly."""
+    rng = np.random.default_rng(5)
+    doubles = rng.integers(0, 2**64, 20_000, dtype=np.uint64).view(np.float64)
+    texts = [orjson.dumps(v) for v in doubles[np.isfinite(doubles)].tolist()]
+    for _ in range(20_000):
+        digits = str(int(rng.integers(1, 10 ** int(rng.integers(1, 20)), dtype=np.uint64)))
+        at = int(rng.integers(0, len(digits) + 1))
+        text = digits[:at] + "." + digits[at:] if 0 < at < len(digits) else digits
+        texts.append(f"{text}e{int(rng.integers(-330, 301))}".encode())
+    payloads = [b'{"stream":"s","ts":1,"value":' + t + b"}" for t in texts]
+    scanned = scan_agrees(payloads)
+    assert scanned.index.size > 0.95 * len(payloads)  # only subnormals and overflows left
+
+
+@settings(max_examples=400)
+@given(st.lists(PLAIN_LIKE, max_size=6), st.sampled_from([b"", b"\n", b" ", b"\n\n", b"\t\r"]))
+def test_scan_native_agrees_with_native_points(documents, end):
+    scan_agrees([orjson.dumps(doc) + end for doc in documents])
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(
+        st.builds(
+            lambda v, ts: b'{"stream":"s","ts":' + ts + b',"value":' + v + b"}",
+            st.from_regex(rb"\A-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?\Z"),
+            st.sampled_from([b"1", b"1700000000.5", b"1700000000123", b"1e11", b"99999999999.99"]),
+        ),
+        max_size=8,
+    )
+)
+def test_scan_native_agrees_on_any_json_number(payloads):
+    scan_agrees(payloads)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.binary(max_size=60), max_size=4))
+def test_scan_native_agrees_on_arbitrary_bytes(payloads):
+    scan_agrees(payloads)

@@ -12,7 +12,7 @@ import pytest
 
 from detector.config import GroupSettings, RunSettings, ScoringSettings, Settings, StreamSettings
 from detector.errors import ConfigError
-from detector.io.formats import PlainPoints
+from detector.io.formats import PlainPoints, ScannedPoints, scan_native
 from detector.stream import pipeline as pipeline_module
 from detector.stream.pipeline import Pipeline
 from detector.stream.routing import Router
@@ -217,22 +217,45 @@ def test_restore_refuses_states_of_unknown_groups_or_layouts() -> None:
 
 
 def general_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every native message through decode() one by one, as before the plain-point path."""
+    """Every native message through decode() one by one, as before the plain-point paths."""
 
-    def nothing_plain(payloads):  # type: ignore[no-untyped-def]
-        return PlainPoints([], [], [], [], [], list(range(len(payloads))))
+    def nothing_plain(payloads, indices=None):  # type: ignore[no-untyped-def]
+        every = list(range(len(payloads)) if indices is None else indices)
+        return PlainPoints([], [], [], [], [], every)
 
     monkeypatch.setattr(pipeline_module, "native_points", nothing_plain)
+    monkeypatch.setattr(pipeline_module, "scan_native", nothing_scanned)
 
 
-def test_plain_points_score_as_the_general_path_in_mixed_batches(monkeypatch) -> None:
+def nothing_scanned(payloads, max_id_bytes):  # type: ignore[no-untyped-def]
+    """scan_native leaving every message to native_points."""
+    empty = np.empty(0, np.int64)
+    return ScannedPoints(
+        np.empty(0, np.uint8), empty, np.empty(0), np.empty(0), empty, list(range(len(payloads)))
+    )
+
+
+@pytest.mark.parametrize("one_group", [False, True], ids=["groups", "one group: scan_native"])
+def test_plain_points_score_as_the_general_path_in_mixed_batches(monkeypatch, one_group) -> None:
     """Plain points go through the pipeline as columns and the rest one by one; merged back
     in message order, everything (alerts, dead letters, counters, states, scores) equals
-    decoding every message on its own."""
+    decoding every message on its own. With one group, the simplest plain points are read
+    straight from the bytes (scan_native), the tagged ones by native_points."""
     groups = [
         GroupSettings(name="cpu", match=["*.cpu*"], hidden_size=4),
         GroupSettings(name="io", match=["disk*"], layout="vector", fields=["read", "write"]),
     ]
+    if one_group:
+        groups = [GroupSettings(name="default", hidden_size=4)]
+    scanned: list[int] = []
+
+    def counted_scan(payloads, max_id_bytes):  # type: ignore[no-untyped-def]
+        got = pipeline_module.scan_native.__wrapped__(payloads, max_id_bytes)
+        scanned.append(len(got.index))
+        return got
+
+    counted_scan.__wrapped__ = scan_native  # type: ignore[attr-defined]
+    monkeypatch.setattr(pipeline_module, "scan_native", counted_scan)
     rng = np.random.default_rng(7)
     batches: list[list[bytes]] = []
     for b in range(6):
@@ -277,7 +300,10 @@ def test_plain_points_score_as_the_general_path_in_mixed_batches(monkeypatch) ->
     fast, pipe = run()
     c = pipe.counters
     assert (c.alerts >= 2, c.decode_errors, c.out_of_order, c.incomplete) == (True, 108, 36, 0)
-    assert c.points == c.messages - 108 + 54  # 54 messages of two points
+    # 54 messages of two points; with one group, "disk" is two per-field streams
+    assert c.points == c.messages - 108 + 54 + (360 if one_group else 0)
+    # only a single group's points are scanned, and then most of them
+    assert sum(scanned) == (0 if not one_group else 3 * 360 + 2 * 36)
     with monkeypatch.context() as patched:
         general_path_only(patched)
         general, _ = run()
