@@ -38,6 +38,14 @@ is misread only for instants before 1973-03-03 written in a finer unit, or after
 space for ``T`` and other ISO 8601 forms); a string without an offset is UTC. Every
 timestamp must fall in the years 1-9999.
 
+Batch fast paths
+----------------
+The pipeline decodes a native batch in up to three steps, each leaving what it does not
+take to the next, so the answer is always ``decode``'s: ``scan_native`` reads the simplest
+plain points (``stream``, ``ts``, ``value``, ASCII, no escapes) straight from the bytes in
+jitted code; ``native_points`` reads the other plain points (tags, other members, escapes)
+with orjson; ``decode`` reads everything else, one message at a time.
+
 Formats
 -------
 ``native``: one JSON object per line (blank lines ignored)::
