@@ -549,6 +549,7 @@ class StreamIds(Sequence[str]):
         return int(self.ends.shape[0])
 
     def __getitem__(self, i: int) -> str:  # type: ignore[override]  # no slices
+        i = range(len(self))[i]  # IndexError and negative places as for a list
         start = int(self.ends[i - 1]) if i > 0 else 0
         return _decode(self.data[start : int(self.ends[i])].tobytes())
 

@@ -9,11 +9,24 @@ import pytest
 from detector.config import ScoringSettings, StreamSettings
 from detector.errors import StateFormatError
 from detector.stream.scoring import score_batch
-from detector.stream.state import StreamStateTable, TableLayout
+from detector.stream.state import StreamIds, StreamStateTable, TableLayout, encode_ids
 from tests.stream.test_scoring import make_group, run_batches, synthetic_points
 
 LAYOUT = TableLayout(layers=1, hidden=4, n_values=1, n_inputs=1, buffer_len=8, error_window=0,
                      dtype="float32")  # fmt: skip
+
+
+def test_stream_ids_as_bytes_find_the_rows_their_strings_do() -> None:
+    names = ["a", "web-1.cpu", "é{x=1}", "", "a"]
+    ids = StreamIds(*encode_ids(names))
+    assert len(ids) == 5 and list(ids) == names and [ids[i] for i in range(5)] == names
+    assert ids[-1] == "a" and ids[-4] == "web-1.cpu"
+    with pytest.raises(IndexError):
+        ids[5]
+    table = StreamStateTable(LAYOUT, max_streams=100)
+    by_bytes = table.slots(ids, now=0.0)
+    assert by_bytes[0] == by_bytes[4] and len(table) == 4
+    assert table.slots(names, now=0.0).tolist() == by_bytes.tolist()
 
 
 def test_slots_are_stable_and_growth_keeps_rows() -> None:
