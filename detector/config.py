@@ -92,7 +92,10 @@ class ScoringSettings(_Section):
     dynamic_prune: float = Field(0.13, ge=0, lt=1, description="dynamic: minimum decrease p")
     hysteresis_k: int = Field(1, ge=1, le=32, description="alert when k of the last n exceed")
     hysteresis_n: int = Field(1, ge=1, le=32)
-    cooldown: int = Field(100, ge=0, description="points after an alert without another")
+    # The kernel keeps the count in an int32 record field.
+    cooldown: int = Field(
+        100, ge=0, le=2**31 - 1, description="points after an alert without another"
+    )
     novelty_scale: float = Field(
         0.02,
         ge=0,

@@ -52,6 +52,7 @@ def test_settings_are_frozen():
         ("[training]\nbogus = 1\n", r"training\.bogus: Extra inputs are not permitted"),
         ("[training]\nwindow_len = 10\nwashout = 9\n", r"washout \(9\) must be less than"),
         ("[model\n", r"cannot be read"),
+        ("[scoring]\ncooldown = 2147483648\n", r"scoring\.cooldown: .*less than or equal to"),
     ],
 )
 def test_invalid_values_name_the_key(tmp_path, toml, message):
