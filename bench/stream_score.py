@@ -462,38 +462,17 @@ class KernelDirectPath(KernelPath):
     """score_kernel called directly: score_batch without its checks and conversions."""
 
     def run(self) -> None:
-        g, t, o = self.group, self.group.table, self.out
-        scratch = scoring.Scratch.of(t, g.params, self.inputs.batch)
-        rec_f, rec_d, rec_q, rec_w, rec_h, rec_b, cols = scratch.record_views(t)
-        scoring.score_kernel(
+        g, t = self.group, self.group.table
+        scoring.run_kernel(
+            t,
+            g.params,
+            g.config,
+            scoring.Scratch.of(t, g.params, self.inputs.batch),
             self.inputs.slots[self.i],
             self.ts,
             self.inputs.values[self.i],
             NO_OFFSETS,
-            rec_f,
-            rec_d,
-            rec_q,
-            rec_w,
-            rec_h,
-            rec_b,
-            cols,
-            t.offset,
-            t.hc,
-            t.ring,
-            t.marks,
-            t.err_ring,
-            t.flags,
-            g.params.theta,
-            g.params.shape,
-            g.config.vector,
-            scratch.floats,
-            scratch.ints,
-            o.status,
-            o.gap,
-            o.score,
-            o.alert,
-            o.predicted,
-            o.error,
+            self.out,
         )
 
 

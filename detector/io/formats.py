@@ -574,6 +574,7 @@ def _scan_native(buf, ends, max_id, ids, id_ends, ts, values, index, other, slow
         seen = 0  # bits: stream, ts, value
         name_start = name_stop = 0
         t = v = 0.0
+        ts_from_text = False  # ts is a number _parse_slow_numbers reads
         while plain:
             i = _skip_space(buf, i, end)
             stop = _string_end(buf, i, end)
@@ -624,8 +625,7 @@ def _scan_native(buf, ends, max_id, ids, id_ends, ts, values, index, other, slow
                     slow_spans[n_slow, 0] = number_start
                     slow_spans[n_slow, 1] = i
                     n_slow += 1
-                    if member == 2:
-                        t = _SECONDS_BELOW  # taken as seconds for now; scan_native decides
+                    ts_from_text = ts_from_text or member == 2
             i = _skip_space(buf, i, end)
             if i < end and buf[i] == 44:
                 i += 1
@@ -636,7 +636,9 @@ def _scan_native(buf, ends, max_id, ids, id_ends, ts, values, index, other, slow
         if plain and _skip_space(buf, i + 1, end) != end:
             plain = False
         # native_points' units: seconds, or milliseconds after 1970
-        if plain and _MIN_SECONDS <= t < _SECONDS_BELOW:
+        if plain and ts_from_text:
+            seconds = 0.0  # for _parse_slow_numbers to read, and to take or leave
+        elif plain and _MIN_SECONDS <= t < _SECONDS_BELOW:
             seconds = t
         elif plain and _SECONDS_BELOW <= t < _MILLIS_BELOW:
             seconds = t / 1_000

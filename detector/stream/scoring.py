@@ -1009,36 +1009,16 @@ def score_batch(
         out = BatchScores.empty(B, D)
     if B == 0:
         return out
-    rec_f, rec_d, rec_q, rec_w, rec_h, rec_b, cols = scratch.record_views(table)
-    code = score_kernel(
+    code = run_kernel(
+        table,
+        params,
+        config,
+        scratch,
         slots if slots.flags.c_contiguous else np.ascontiguousarray(slots),
         ts if ts.flags.c_contiguous else np.ascontiguousarray(ts),
         values if values.flags.c_contiguous else np.ascontiguousarray(values),
         offsets if offsets.flags.c_contiguous else np.ascontiguousarray(offsets),
-        rec_f,
-        rec_d,
-        rec_q,
-        rec_w,
-        rec_h,
-        rec_b,
-        cols,
-        table.offset,
-        table.hc,
-        table.ring,
-        table.marks,
-        table.err_ring,
-        table.flags,
-        params.theta,
-        params.shape,
-        config.vector,
-        scratch.floats,
-        scratch.ints,
-        out.status,
-        out.gap,
-        out.score,
-        out.alert,
-        out.predicted,
-        out.error,
+        out,
     )
     if code == BAD_SLOTS:
         raise ValueError(
@@ -1047,3 +1027,52 @@ def score_batch(
     if code == NOT_FINITE:
         raise ValueError("ts and values must be finite; drop and count the others first")
     return out
+
+
+def run_kernel(
+    table: StreamStateTable,
+    params: LSTMParams,
+    config: ScoringConfig,
+    scratch: Scratch,
+    slots: NDArray[np.int64],
+    ts: NDArray[np.float64],
+    values: NDArray[np.float64],
+    offsets: NDArray[np.int64],
+    out: BatchScores,
+) -> int:
+    """score_kernel on a table, without score_batch's checks: every array C-contiguous and
+    of the kernel's shape and dtype, offsets (0,) for no replay check, scratch sized for the
+    batch. Returns the kernel's code (0, BAD_SLOTS or NOT_FINITE)."""
+    rec_f, rec_d, rec_q, rec_w, rec_h, rec_b, cols = scratch.record_views(table)
+    return int(
+        score_kernel(
+            slots,
+            ts,
+            values,
+            offsets,
+            rec_f,
+            rec_d,
+            rec_q,
+            rec_w,
+            rec_h,
+            rec_b,
+            cols,
+            table.offset,
+            table.hc,
+            table.ring,
+            table.marks,
+            table.err_ring,
+            table.flags,
+            params.theta,
+            params.shape,
+            config.vector,
+            scratch.floats,
+            scratch.ints,
+            out.status,
+            out.gap,
+            out.score,
+            out.alert,
+            out.predicted,
+            out.error,
+        )
+    )
