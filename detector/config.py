@@ -102,6 +102,13 @@ class ScoringSettings(_Section):
         description="score at least r / (r + novelty_scale), r = how far a value lies outside "
         "the range of the stream's earlier values, in units of that range; 0: off",
     )
+    persistence_span: int = Field(
+        20,
+        ge=0,
+        description="EWMA span of the difference between the model's and the persistence "
+        "forecast's errors; a point's error is the forecast's with the lower one so far; "
+        "0: always the model's",
+    )
     seasonal: bool = Field(
         True,
         description="score the deviation from the stream's daily profile (time-of-day bins) "

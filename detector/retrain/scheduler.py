@@ -146,7 +146,7 @@ class _GroupState:
     runs: int = 0
     trained: bool = False  # a run got as far as training (ends the cold start)
     cold_estimate: int = -1  # windows estimated at the last cold start that was skipped
-    seen_at_run: dict[int, NDArray[np.int64]] = field(default_factory=dict)
+    seen_at_run: dict[int, NDArray[np.int32]] = field(default_factory=dict)
     job: Future[_Trained] | None = None
 
 

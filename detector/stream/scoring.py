@@ -15,6 +15,10 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    and clipped to +-input_clip: x̃_t = (x_t - μ) / σ.
 3. The error against the prediction made at the previous step, in normalised units, is
    e_t = sqrt(mean_d (x̃_t,d - ŷ_t,d)²), smoothed: s_t = s_{t-1} + α_e (e_t - s_{t-1}).
+   With ``persistence_span`` > 0, ŷ_t is the model's prediction or the persistence forecast
+   x̃_{t-1} (the previous ring entry), whichever has erred less lately: the model's while
+   the stream's ``pick``, the EWMA of (model's error - persistence's error) over that span,
+   is negative (it starts at 0: persistence); both errors update it after the choice.
 4. A score in [0, 1] by mode (see :mod:`detector.stream.threshold` for the scale):
    zscore      tail_score((s_t - m) / v), m and v² the running mean and variance of s_t;
    likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t;
@@ -107,6 +111,7 @@ from detector.stream.state import (
     SEASON_R2,
     SEASON_SHORT,
     SEASON_VAR,
+    SEEN_LIMIT,
     StreamStateTable,
     TableLayout,
 )
@@ -169,7 +174,8 @@ C_LEARN_ALL = 20
 C_SEASONAL = 21
 C_SEASON_GATE = 22
 C_SEASON_WARMUP = 23
-N_CONFIG = 24
+C_PICK_ALPHA = 24
+N_CONFIG = 25
 
 # The seasonal score's fixed constants (module docstring).
 SEASON_ALPHA = 0.1  # EWMA weight of a bin's mean and deviation per visit
@@ -217,6 +223,7 @@ class ScoringConfig:
         v[C_SEASONAL] = scoring.seasonal
         v[C_SEASON_GATE] = scoring.seasonal_gate
         v[C_SEASON_WARMUP] = scoring.seasonal_warmup_days * _DAY
+        v[C_PICK_ALPHA] = span_alpha(scoring.persistence_span) if scoring.persistence_span else 0.0
         v.flags.writeable = False
         return cls(v)
 
@@ -256,6 +263,7 @@ def _reset_row(s, rec_f, rec_w, rec_h, rec_b, cols, hc, ring, marks, err_ring, f
         rec_f[s, cols[F_X_MAX] + d] = 0.0
     rec_w[s, cols[F_HIST]] = 0
     rec_w[s, cols[F_COOLDOWN]] = 0
+    rec_f[s, cols[F_PICK]] = 0.0
     for k in range(SEASON_BINS):
         rec_h[s, cols[F_SEASON_MEAN] + k] = 0
         rec_b[s, cols[F_SEASON_DEV] + k] = 0
@@ -391,6 +399,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     H, K = shape.hidden, shape.head_hidden
     W = ring.shape[1]
     w_mask = W - 1 if W & (W - 1) == 0 else -1  # n % W as a mask when W is a power of 2
+    seen_step = (SEEN_LIMIT // 2 // W) * W  # state.seen_rewind
     E = err_ring.shape[1]
     mode = int(cfg[C_MODE])
     threshold = cfg[C_THRESHOLD]
@@ -414,6 +423,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     gap_reset = cfg[C_GAP_RESET] != 0.0
     novelty_scale = cfg[C_NOVELTY]
     novelty = novelty_scale > 0.0
+    pick_alpha = cfg[C_PICK_ALPHA]  # 0: the model's forecast always
+    persisted = np.empty(D, np.float64)  # a point's persistence forecast, raw units
     learn_all = cfg[C_LEARN_ALL] != 0.0
     # The seasonal score: one value per point, and not with the dynamic threshold.
     seasonal = cfg[C_SEASONAL] != 0.0 and D == 1 and mode != MODE_DYNAMIC
@@ -424,7 +435,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     use_offsets = offsets.shape[0] > 0
     c_last_ts, c_seen = cols[F_LAST_TS], cols[F_SEEN]
     c_err, c_xmean, c_xvar, c_pred = cols[F_ERR], cols[F_X_MEAN], cols[F_X_VAR], cols[F_PRED]
-    c_hist, c_cooldown = cols[F_HIST], cols[F_COOLDOWN]
+    c_hist, c_cooldown, c_pick = cols[F_HIST], cols[F_COOLDOWN], cols[F_PICK]
     c_xmin, c_xmax = cols[F_X_MIN], cols[F_X_MAX]
     c_smean, c_sdev, c_season = cols[F_SEASON_MEAN], cols[F_SEASON_DEV], cols[F_SEASON]
 
@@ -507,7 +518,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         prefetch_l2(hc, s_ahead * hc_stride + line * 64)
                 if i - 1 + half < hi:
                     s_half = slots[order[i - 1 + half]]
-                    seen = rec_q[s_half, c_seen]
+                    seen = rec_w[s_half, c_seen]
                     pos = seen & w_mask if w_mask >= 0 else seen % W
                     prefetch_l2(ring, s_half * ring_stride + pos * ring_entry)
                     if flags[s_half] & MARKED:
@@ -520,7 +531,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     continue
                 flags[s] |= IN_WAVE
                 t = ts[p]
-                n = rec_q[s, c_seen]
+                n = rec_w[s, c_seen]
                 gap[p] = NO_GAP
                 score[p] = 0.0
                 alert[p] = False
@@ -560,6 +571,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 # 2. normalise with the statistics as they were before this point; how far
                 # outside the range of earlier values x_t lies (r), and the range takes it in
                 sq = 0.0
+                sq_p = 0.0  # of the persistence forecast: the stream's previous input
+                prev = (n - 1) & w_mask if w_mask >= 0 else (n - 1) % W
                 r = 0.0
                 for d in range(D):
                     mu = float(rec_f[s, c_xmean + d])
@@ -581,9 +594,15 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     z = (v - mu) / sd
                     x_chunk[m, d] = xn = min(max(z, -input_clip), input_clip)
                     if n > 0:
-                        predicted[p, d] = float(rec_f[s, c_pred + d]) * sd + mu
-                        diff = xn - float(rec_f[s, c_pred + d])
+                        y_model = float(rec_f[s, c_pred + d])
+                        predicted[p, d] = y_model * sd + mu
+                        diff = xn - y_model
                         sq += diff * diff
+                        if pick_alpha > 0.0:
+                            y_persist = float(ring[s, prev, d])
+                            persisted[d] = y_persist * sd + mu
+                            diff = xn - y_persist
+                            sq_p += diff * diff
                 # 3. the error, and what the score needs
                 kind[m] = _NO_SCORE
                 zs[m] = 0.0
@@ -595,6 +614,16 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 else:
                     status[p] = SCORED
                     e = math.sqrt(sq * inv_D)
+                    if pick_alpha > 0.0:
+                        # The forecast scored: the model's or persistence (the previous
+                        # input), whichever has erred less lately.
+                        e_p = math.sqrt(sq_p * inv_D)
+                        pick = float(rec_f[s, c_pick])
+                        rec_f[s, c_pick] = pick + pick_alpha * ((e - e_p) - pick)
+                        if pick >= 0.0:
+                            e = e_p
+                            for d in range(D):
+                                predicted[p, d] = persisted[d]
                     error[p] = e
                     count = float(rec_f[s, c_err + ERR_COUNT])
                     spread = max(math.sqrt(float(rec_f[s, c_err + ERR_VAR])), min_err_std)
@@ -779,7 +808,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     stream_offsets[s] = offsets[p]
                     fl |= OFFSET_SET
                 flags[s] = fl
-                rec_q[s, c_seen] = n + 1
+                rec_w[s, c_seen] = n + 1 if n + 1 < SEEN_LIMIT else n + 1 - seen_step
                 rec_d[s, c_last_ts] = ts[p]
 
             if m > 0:  # one LSTM step for the chunk, on the rows in place (prefetched above)
@@ -844,6 +873,7 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
 (
     F_LAST_TS,
     F_SEEN,
+    F_PICK,
     F_ERR,
     F_X_MEAN,
     F_X_VAR,
@@ -855,10 +885,11 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
     F_SEASON_MEAN,
     F_SEASON_DEV,
     F_SEASON,
-) = range(13)
+) = range(14)
 _FIELD_VIEWS = (
     ("last_ts", 8),
-    ("seen", 8),
+    ("seen", 4),
+    ("pick", 0),
     ("err", 0),  # 0: the table's float size
     ("x_mean", 0),
     ("x_var", 0),

@@ -7,13 +7,16 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
                 a point costs one cache line (64 bytes at D = 1 in float32; always a whole
                 number of lines, and the array starts on a line):
         last_ts     timestamp of the last accepted point, epoch seconds (float64)
-        seen        points accepted since the stream started or was reset (int64)
         err         (ERR_COLUMNS,) error and interval statistics, columns named below
         x_mean      (D,) running mean of the raw input (robust EWMA)
         x_var       (D,) running variance of the raw input
         pred        (D,) the prediction of the next input, in normalised units
         x_min       (D,) the smallest raw input so far (novelty score: values never seen)
         x_max       (D,) the largest raw input so far
+        pick        EWMA of the model's error minus the persistence forecast's: the point's
+                    error is the model's while it is negative (scoring.persistence_span)
+        seen        points accepted since the stream started or was reset (int32; past
+                    SEEN_LIMIT it steps back by a whole number of ring lengths)
         hist        bit k: the point k steps ago exceeded the threshold (uint32)
         cooldown    points left before the stream may alert again (int32)
         season_mean (SEASON_BINS,) the daily profile: per bin of the time of day, the
@@ -105,6 +108,25 @@ IN_WAVE = 4  # the scoring kernel's, set and cleared within one call
 # or Telegraf message holds several points of a stream), not a replay.
 OFFSET_SET = 8
 
+# ``seen`` is an int32. A stream that reaches SEEN_LIMIT points steps back by seen_rewind(W),
+# a whole number of ring lengths: the ring's write position (seen % W) runs on unbroken and
+# every warm-up test (seen against a few thousand at most) still holds. (The dynamic
+# threshold's error window, at seen % E, restarts its order once unless E divides the step:
+# a power of two does.)
+SEEN_LIMIT = 1 << 30
+
+
+def seen_rewind(buffer_len: int) -> int:
+    return (SEEN_LIMIT // 2 // buffer_len) * buffer_len
+
+
+def wrapped_seen(seen: NDArray[np.int64], buffer_len: int) -> NDArray[np.int64]:
+    """Saved counts (int64 on the wire) as the int32 field keeps them."""
+    step = seen_rewind(buffer_len)
+    over = seen >= SEEN_LIMIT
+    return np.where(over, seen - ((seen - SEEN_LIMIT) // step + 1) * step, seen)
+
+
 _INITIAL_CAPACITY = 1024
 _LINE = 64  # bytes of a cache line: records and rows start on one
 MAX_KEY_BYTES = 0xFFFF  # a stream id's UTF-8 bytes; the arena stores lengths in 16 bits
@@ -128,13 +150,14 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     D = layout.n_values
     fields: list[tuple[str, np.dtype, tuple[int, ...]]] = [
         ("last_ts", np.dtype("<f8"), ()),
-        ("seen", np.dtype("<i8"), ()),
         ("err", f, (ERR_COLUMNS,)),
         ("x_mean", f, (D,)),
         ("x_var", f, (D,)),
         ("pred", f, (D,)),
         ("x_min", f, (D,)),
         ("x_max", f, (D,)),
+        ("pick", f, ()),
+        ("seen", np.dtype("<i4"), ()),
         ("hist", np.dtype("<u4"), ()),
         ("cooldown", np.dtype("<i4"), ()),
         ("season_mean", np.dtype("<i2"), (SEASON_BINS,)),
@@ -144,6 +167,7 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     names, formats, offsets = [], [], []
     at = 0
     for name, dtype, shape in fields:
+        at = -(-at // dtype.itemsize) * dtype.itemsize  # aligned: the kernel's views need it
         names.append(name)
         formats.append((dtype, shape) if shape else dtype)
         offsets.append(at)
@@ -152,9 +176,10 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
 
 
-def _row_dtype(layout: TableLayout, version: int = 4) -> np.dtype:
-    """One row as serialised: packed, little-endian, in this field order (format version 4;
-    version 3 lacks the seasonal fields, version 2 also x_min and x_max)."""
+def _row_dtype(layout: TableLayout, version: int = 5) -> np.dtype:
+    """One row as serialised: packed, little-endian, in this field order (format version 5;
+    version 4 lacks pick, version 3 also the seasonal fields, version 2 also x_min and
+    x_max)."""
     f = np.dtype(layout.dtype).newbyteorder("<")
     L, H, D = layout.layers, layout.hidden, layout.n_values
     value_range = [("x_min", f, (D,)), ("x_max", f, (D,))] if version >= 3 else []
@@ -185,6 +210,7 @@ def _row_dtype(layout: TableLayout, version: int = 4) -> np.dtype:
             ("hist", "<u4"),
             ("cooldown", "<i4"),
             *seasonal,
+            *([("pick", f)] if version >= 5 else []),
         ]
     )
 
@@ -205,8 +231,11 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.generi
 
 # Versioned header of serialised state: magic, format version, the layout.
 _MAGIC = b"DST"
-_VERSION = 4  # 4: the daily profile; 3: x_min, x_max; 2: offset, ring marks, shared err columns
-_READS = (2, 3, 4)  # versions this build restores (older rows restart with an empty profile)
+# 5: pick; 4: the daily profile; 3: x_min, x_max; 2: offset, ring marks, shared err columns.
+_VERSION = 5
+# Versions this build restores (older rows restart with pick 0, and before 4 with an empty
+# daily profile).
+_READS = (2, 3, 4, 5)
 # A version-2 row has no value range: it restarts as x_mean +- this many std, so a restored
 # stream does not call its first points "never seen".
 RESTORED_RANGE_STD = 4.0
@@ -715,7 +744,7 @@ class StreamStateTable:
         return self.rec["last_ts"]
 
     @property
-    def seen(self) -> NDArray[np.int64]:
+    def seen(self) -> NDArray[np.int32]:
         return self.rec["seen"]
 
     @property
@@ -761,6 +790,10 @@ class StreamStateTable:
     @property
     def cooldown(self) -> NDArray[np.int32]:
         return self.rec["cooldown"]
+
+    @property
+    def pick(self) -> NDArray[np.floating]:
+        return self.rec["pick"]
 
     # ------------------------------------------------------------------ streams
 
@@ -1036,6 +1069,9 @@ class StreamStateTable:
         for name in names:
             field = getattr(self, name)
             field[slots] = rows[name]
+        self.seen[slots] = wrapped_seen(rows["seen"], self.layout.buffer_len)
+        if "pick" not in names:  # format version 2 to 4: persistence until the model is better
+            self.pick[slots] = 0
         if "season" not in names:  # format version 2 or 3: the daily profile starts empty
             self.season_mean[slots] = 0
             self.season_dev[slots] = 0

@@ -109,6 +109,7 @@ class RefStream:
     seen: int = 0
     history: list[bool] = field(init=False)
     cooldown: int = 0
+    pick: float = 0.0  # EWMA of the model's error minus the persistence forecast's
     season_mean: list[int] = field(init=False)  # the daily profile, fixed point as stored
     season_dev: list[int] = field(init=False)  # 0: bin never visited
     season_short: float = 0.0
@@ -135,6 +136,7 @@ class RefStream:
         self.smooth = self.err_mean = self.err_var = self.short = self.eps = 0.0
         self.dt_mean = 0.0
         self.err_count = self.seen = self.cooldown = 0
+        self.pick = 0.0
         self.history = []
         self.season_mean = [0] * SEASON_BINS
         self.season_dev = [0] * SEASON_BINS
@@ -259,8 +261,17 @@ class RefScorer:
                 )
                 s.season_dev[b] = min(max(math.floor(new_d * SEASON_DEV_SCALE + 0.5), 1), 255)
         if not first:
-            result.predicted = s.pred * sd + mu
+            pred = s.pred
             e = math.sqrt(float(np.mean((xn - s.pred) ** 2)))
+            if sc.persistence_span > 0:  # the model's forecast or persistence (previous input)
+                previous = s.ring[-1][:D]
+                e_p = math.sqrt(float(np.mean((xn - previous) ** 2)))
+                if s.pick >= 0.0:
+                    pred, e_model, e = previous, e, e_p
+                else:
+                    e_model = e
+                s.pick += self.alpha(sc.persistence_span) * ((e_model - e_p) - s.pick)
+            result.predicted = pred * sd + mu
             result.error = e
             s.smooth = e if s.seen == 1 else s.smooth + self.alpha(sc.error_span) * (e - s.smooth)
             warm = s.seen >= sc.warmup

@@ -19,7 +19,14 @@ from detector.stream.scoring import (
     ScoringConfig,
     score_batch,
 )
-from detector.stream.state import OFFSET_SET, StreamStateTable, TableLayout
+from detector.stream.state import (
+    OFFSET_SET,
+    SEEN_LIMIT,
+    StreamStateTable,
+    TableLayout,
+    seen_rewind,
+    wrapped_seen,
+)
 from detector.stream.threshold import tail_scores
 from tests.reference.stream_scoring import RefScorer, ref_tail_score
 
@@ -128,6 +135,9 @@ CASES = {
         scoring=ScoringSettings(
             mode="likelihood", warmup=10, threshold=0.12, novelty_scale=0.0, cooldown=10
         )
+    ),
+    "likelihood-model-forecast": dict(  # the model's error always, not persistence's
+        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12, persistence_span=0)
     ),
     "likelihood-novelty": dict(
         scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.5, novelty_scale=0.2)
@@ -406,6 +416,53 @@ def test_novelty_scores_a_value_never_seen_once() -> None:
     assert scores[0.02][500] < 0.2  # seen before: only its prediction error scores
     assert scores[0.0][400] < scores[0.02][400]
     assert np.max(scores[0.02][100:400]) < 0.5  # inside the range: nothing new
+
+
+def test_error_is_the_forecast_that_erred_less_lately() -> None:
+    """A model far from persistence on a slow sine: with persistence_span the points'
+    errors soon are the persistence forecast's (smaller); with 0 always the model's."""
+    n = 400
+    values = (10.0 * np.sin(np.arange(n) / 30.0)).reshape(n, 1)
+    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    errors = {}
+    for span in (0, 20):
+        scoring = ScoringSettings(mode="likelihood", warmup=50, persistence_span=span)
+        table, params, config = make_group(scoring, StreamSettings(), seed=3)
+        params.tensors()["head.V2"][:] += 1.0  # the model's change forecast is far off
+        errors[span] = run_batches(table, params, config, ["a"] * n, ts, values, 64)["error"]
+    late = slice(100, None)
+    assert np.mean(errors[20][late]) < 0.5 * np.mean(errors[0][late])
+
+
+@pytest.mark.parametrize("W", [256, 100])
+def test_a_count_past_the_limit_steps_back_and_scoring_runs_on(W: int) -> None:
+    """``seen`` (int32) steps back by whole ring lengths at SEEN_LIMIT: a stream crossing it
+    scores exactly as one far below it with the same ring position."""
+    scoring = ScoringSettings(mode="likelihood", warmup=10, seasonal=False)
+    table, params, config = make_group(scoring, StreamSettings(buffer_len=W))
+    rng = np.random.default_rng(5)
+    n = 400
+    values = np.repeat(rng.normal(size=(n, 1)), 2, axis=0)
+    ts = np.repeat(1_700_000_000.0 + 60.0 * np.arange(n), 2)
+    keys = ["near", "far"] * n
+    run_batches(table, params, config, keys[:400], ts[:400], values[:400], 64)
+    near, far = table.slot_of["near"], table.slot_of["far"]
+    seen = int(table.seen[near])  # 200, as far's
+    table.seen[far] = seen + 40 * W  # past every warm-up, and the same ring position
+    table.seen[near] = seen + ((SEEN_LIMIT - 3 - seen) // W) * W
+    out = run_batches(table, params, config, keys[400:], ts[400:], values[400:], 64)
+    for name in ("score", "error", "predicted", "alert"):
+        npt.assert_array_equal(out[name][0::2], out[name][1::2])
+    assert SEEN_LIMIT - seen_rewind(W) <= table.seen[near] < SEEN_LIMIT
+    assert (table.seen[near] - table.seen[far]) % W == 0
+    npt.assert_array_equal(table.ring[near], table.ring[far])
+    npt.assert_array_equal(table.hc[near], table.hc[far])
+    # A saved count beyond the limit (int64 on the wire) comes back the same way.
+    saved = np.array([5, SEEN_LIMIT - 1, SEEN_LIMIT, SEEN_LIMIT + 7 * W + 3, 3 * SEEN_LIMIT])
+    back = wrapped_seen(saved, W)
+    assert back[0] == 5 and back[1] == SEEN_LIMIT - 1
+    assert np.all(back < SEEN_LIMIT) and np.all(back[2:] >= SEEN_LIMIT - seen_rewind(W))
+    assert np.all((back - saved) % W == 0)
 
 
 def _daily_square_wave(days: int, skip_day: int) -> tuple[np.ndarray, np.ndarray]:

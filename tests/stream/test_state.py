@@ -232,7 +232,7 @@ def test_state_of_format_version_1_is_refused_by_name() -> None:
     table = StreamStateTable(LAYOUT, max_streams=10)
     table.slots(["a"], now=0.0)
     good = table.stream_bytes("a")
-    with pytest.raises(StateFormatError, match="format version 1; this build reads 2 or 3 or 4"):
+    with pytest.raises(StateFormatError, match="version 1; this build reads 2 or 3 or 4 or 5"):
         table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
 
 
@@ -287,3 +287,25 @@ def test_state_of_format_version_3_restores_with_an_empty_daily_profile() -> Non
     assert table.seen[slot] == 7 and table.x_mean[slot] == 5.0
     assert not table.season_mean[slot].any() and not table.season_dev[slot].any()
     assert not table.season[slot].any()
+
+
+def test_state_of_format_version_4_restores_with_pick_0() -> None:
+    """Version 4 had no pick (persistence_span): it restarts at 0, everything else as saved."""
+    from detector.stream.state import _HEADER, _row_dtype
+
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    slot = table.slots(["a"], now=0.0)[0]
+    table.seen[slot] = 7
+    table.season_mean[slot] = 1000
+    table.pick[slot] = -0.25
+    current = table.stream_bytes("a")
+    row = np.frombuffer(current[_HEADER.size :], _row_dtype(LAYOUT))
+    assert row["pick"][0] == -0.25
+    old = np.empty(1, _row_dtype(LAYOUT, 4))
+    for name in old.dtype.names or ():
+        old[name] = row[name]
+    assert "pick" not in (old.dtype.names or ())
+    v4 = current[:3] + b"\x04" + current[4 : _HEADER.size] + old.tobytes()
+    table.restore_stream("a", v4, now=0.0)
+    assert table.seen[slot] == 7 and table.season_mean[slot][0] == 1000
+    assert table.pick[slot] == 0.0
