@@ -769,6 +769,57 @@ def _gates_rows(table, rows, col, U, x, W, bias, c):  # type: ignore[no-untyped-
                 c_i[j] += h_ik * u_k[j]
 
 
+# Units per block of _cell_block_rows: a constant trip count, so that each of its loops is
+# a fixed number of full vectors, and its intermediate values sit in stack buffers.
+_CELL_UNITS = 32
+
+
+@njit(**_KERNEL)
+def _cell_block_rows(gates, hc, rows, l, h_out):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """_cell_update_rows for H a multiple of _CELL_UNITS: the same arithmetic in one pass
+    per row and block of _CELL_UNITS units. A loop whose only stores go to a stack buffer
+    needs no overlap checks, and a loop that stores to one array from such a buffer none
+    either; with H at run time, _cell_update_rows's loops check overlaps and handle
+    remainders per row, 32 units at a time, which cost more than the arithmetic (5.8
+    against 8.3 µs per 256 rows at H = 32). c_t is read back from cb, not from the table:
+    the same float32 value."""
+    S = rows.shape[0]
+    H = h_out.shape[1]
+    one = np.ones(1, gates.dtype)[0]
+    two = one + one
+    cb = _tile_buffer(_CELL_UNITS, gates)  # c_t
+    ob = _tile_buffer(_CELL_UNITS, gates)  # e_o
+    hb = _tile_buffer(_CELL_UNITS, gates)  # h_t
+    for n in range(S):
+        state = hc[rows[n], l]
+        for j0 in range(0, H, _CELL_UNITS):
+            j1 = j0 + _CELL_UNITS
+            a_i = gates[n, j0:j1]
+            a_f = gates[n, H + j0 : H + j1]
+            a_g = gates[n, 2 * H + j0 : 2 * H + j1]
+            a_o = gates[n, 3 * H + j0 : 3 * H + j1]
+            h_row = state[0, j0:j1]
+            c_row = state[1, j0:j1]
+            out = h_out[n, j0:j1]
+            for j in range(_CELL_UNITS):
+                e_i = neg_exp(a_i[j])
+                e_f = neg_exp(a_f[j])
+                e_g = neg_exp(two * a_g[j])
+                ob[j] = neg_exp(a_o[j])
+                p_ig = (one + e_i) * (one + e_g)
+                p_f = one + e_f
+                cb[j] = (c_row[j] * p_ig + (one - e_g) * p_f) / (p_f * p_ig)
+            for j in range(_CELL_UNITS):
+                e_c = neg_exp(two * cb[j])
+                hb[j] = (one - e_c) / ((one + ob[j]) * (one + e_c))
+            for j in range(_CELL_UNITS):
+                c_row[j] = cb[j]
+            for j in range(_CELL_UNITS):
+                h_row[j] = hb[j]
+            for j in range(_CELL_UNITS):
+                out[j] = hb[j]
+
+
 @njit(**_KERNEL)
 def _cell_update_rows(gates, hc, rows, l, h_out):  # type: ignore[no-untyped-def]  # pragma: no cover
     """c_t and h_t of layer l for table rows, in place: from the pre-activations ``gates``
@@ -783,10 +834,13 @@ def _cell_update_rows(gates, hc, rows, l, h_out):  # type: ignore[no-untyped-def
     arrays (as in _cell_update): the four E per unit, in place, one gate block at a time (a
     loop per block, with one array, has no overlap to check, and its iterations are
     independent: a fused pass per unit ran one long dependency chain per row); then c_t;
-    then h_t.
+    then h_t. (For H a multiple of _CELL_UNITS, _cell_block_rows: the same in one pass.)
     """
     S = rows.shape[0]
     H = h_out.shape[1]
+    if H % _CELL_UNITS == 0:
+        _cell_block_rows(gates, hc, rows, l, h_out)
+        return
     one = np.ones(1, gates.dtype)[0]
     two = one + one
     for n in range(S):

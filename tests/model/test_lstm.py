@@ -294,6 +294,8 @@ ROW_SHAPES = {
     "1 layer, H=32, D=1, residual": dict(
         n_inputs=1, n_outputs=1, hidden=32, layers=1, residual=True
     ),
+    # H = 64: the gate pass in two blocks of lstm._CELL_UNITS per row.
+    "1 layer, H=64, D=1": dict(n_inputs=1, n_outputs=1, hidden=64, layers=1),
     # More than _FOLD_INPUT_MAX inputs: the first layer's input goes through _matmul.
     "1 layer, H=8, D=6": dict(n_inputs=6, n_outputs=2, hidden=8, layers=1),
 }
