@@ -236,27 +236,30 @@ def test_state_of_format_version_1_is_refused_by_name() -> None:
         table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
 
 
+def _stream_bytes_of_version(table: StreamStateTable, stream: str, version: int) -> bytes:
+    """The stream's state as an older format version would have written it."""
+    from detector.stream.state import _HEADER, _row_dtype
+
+    current = table.stream_bytes(stream)
+    row = np.frombuffer(current[_HEADER.size :], _row_dtype(table.layout))
+    old = np.empty(1, _row_dtype(table.layout, version))
+    for name in old.dtype.names or ():
+        old[name] = row[name]
+    return current[:3] + bytes([version]) + current[4 : _HEADER.size] + old.tobytes()
+
+
 def test_state_of_format_version_2_restores_with_a_range_around_the_mean() -> None:
     """Version 2 had no x_min, x_max: the range restarts as the mean +- RESTORED_RANGE_STD
     std, everything else as saved."""
-    from detector.stream.state import _HEADER, RESTORED_RANGE_STD, _row_dtype
-
-    _HEADER_SIZE = _HEADER.size
+    from detector.stream.state import RESTORED_RANGE_STD
 
     table = StreamStateTable(LAYOUT, max_streams=10)
     slot = table.slots(["a"], now=0.0)[0]
     table.x_mean[slot] = 5.0
     table.x_var[slot] = 4.0
     table.seen[slot] = 7
-    current = table.stream_bytes("a")
-    header = current[:_HEADER_SIZE]
-    row = np.frombuffer(current[_HEADER_SIZE:], _row_dtype(LAYOUT))
-    old = np.empty(1, _row_dtype(LAYOUT, 2))
-    for name in old.dtype.names or ():
-        old[name] = row[name]
-    v2 = header[:3] + b"\x02" + header[4:] + old.tobytes()
     other = StreamStateTable(LAYOUT, max_streams=10)
-    other.restore_stream("a", v2, now=0.0)
+    other.restore_stream("a", _stream_bytes_of_version(table, "a", 2), now=0.0)
     s = other.slot_of["a"]
     assert other.seen[s] == 7
     npt.assert_allclose(other.x_min[s], 5.0 - 2.0 * RESTORED_RANGE_STD)
@@ -268,22 +271,13 @@ def test_state_of_format_version_2_restores_with_a_range_around_the_mean() -> No
 def test_state_of_format_version_3_restores_with_an_empty_daily_profile() -> None:
     """Version 3 had no daily profile (seasonal score): it starts empty, everything else as
     saved, also over a row of this table that had one."""
-    from detector.stream.state import _HEADER, _row_dtype
-
     table = StreamStateTable(LAYOUT, max_streams=10)
     slot = table.slots(["a"], now=0.0)[0]
     table.x_mean[slot] = 5.0
     table.seen[slot] = 7
     table.season_mean[slot] = 1000
     table.season_dev[slot] = 64
-    current = table.stream_bytes("a")
-    row = np.frombuffer(current[_HEADER.size :], _row_dtype(LAYOUT))
-    old = np.empty(1, _row_dtype(LAYOUT, 3))
-    for name in old.dtype.names or ():
-        old[name] = row[name]
-    assert "season_mean" not in (old.dtype.names or ())
-    v3 = current[:3] + b"\x03" + current[4 : _HEADER.size] + old.tobytes()
-    table.restore_stream("a", v3, now=0.0)
+    table.restore_stream("a", _stream_bytes_of_version(table, "a", 3), now=0.0)
     assert table.seen[slot] == 7 and table.x_mean[slot] == 5.0
     assert not table.season_mean[slot].any() and not table.season_dev[slot].any()
     assert not table.season[slot].any()
@@ -291,21 +285,13 @@ def test_state_of_format_version_3_restores_with_an_empty_daily_profile() -> Non
 
 def test_state_of_format_version_4_restores_with_pick_0() -> None:
     """Version 4 had no pick (persistence_span): it restarts at 0, everything else as saved."""
-    from detector.stream.state import _HEADER, _row_dtype
-
     table = StreamStateTable(LAYOUT, max_streams=10)
     slot = table.slots(["a"], now=0.0)[0]
     table.seen[slot] = 7
     table.season_mean[slot] = 1000
     table.pick[slot] = -0.25
-    current = table.stream_bytes("a")
-    row = np.frombuffer(current[_HEADER.size :], _row_dtype(LAYOUT))
-    assert row["pick"][0] == -0.25
-    old = np.empty(1, _row_dtype(LAYOUT, 4))
-    for name in old.dtype.names or ():
-        old[name] = row[name]
-    assert "pick" not in (old.dtype.names or ())
-    v4 = current[:3] + b"\x04" + current[4 : _HEADER.size] + old.tobytes()
-    table.restore_stream("a", v4, now=0.0)
+    table.restore_stream("a", table.stream_bytes("a"), now=0.0)
+    assert table.pick[slot] == -0.25  # this version keeps it
+    table.restore_stream("a", _stream_bytes_of_version(table, "a", 4), now=0.0)
     assert table.seen[slot] == 7 and table.season_mean[slot][0] == 1000
     assert table.pick[slot] == 0.0
