@@ -105,9 +105,9 @@ class ScoringSettings(_Section):
     persistence_span: int = Field(
         20,
         ge=0,
-        description="EWMA span of the difference between the model's and the persistence "
-        "forecast's errors; a point's error is the forecast's with the lower one so far; "
-        "0: always the model's",
+        description="EWMA span of the model's error minus the persistence forecast's; a "
+        "point's error is that of the forecast with the lower recent error; 0: always the "
+        "model's",
     )
     seasonal: bool = Field(
         True,
