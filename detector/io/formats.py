@@ -277,12 +277,13 @@ def scan_native(payloads: Sequence[bytes], max_id_bytes: int) -> ScannedPoints:
     a Python object per message: an object of exactly the members ``stream``, ``ts`` and
     ``value`` (any order, JSON whitespace between tokens, a newline only at the end), all
     ASCII, the stream a string without escapes, braces or control characters and at most
-    ``max_id_bytes`` long, the two numbers of at most 15 significant digits and a decimal
-    exponent within +-22 (so each is one exact or correctly rounded operation away from its
-    digits, as any JSON parser reads it), and ``ts`` in seconds or milliseconds as
-    ``native_points`` takes it. For such a record ``native_points`` gives the stream id
-    ``stream``, no tags, and exactly these ts and value. Anything else is left in
-    ``other``, for ``native_points`` and ``decode``: this never decides what an error is.
+    ``max_id_bytes`` long, ``ts`` and ``value`` JSON numbers of at most 40 digits and
+    decimal magnitude 300 (read as a correct parser reads them: Clinger's fast path or
+    Eisel-Lemire in the scan, ``float`` for the few it cannot decide; see ``_number``), and
+    ``ts`` in seconds or milliseconds as ``native_points``
+    takes it. For such a record ``native_points`` gives the stream id ``stream``, no tags,
+    and exactly these ts and value. Anything else is left in ``other``, for
+    ``native_points`` and ``decode``: this never decides what an error is.
     """
     n = len(payloads)
     try:

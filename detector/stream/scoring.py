@@ -114,6 +114,7 @@ from detector.stream.state import (
     SEEN_LIMIT,
     StreamStateTable,
     TableLayout,
+    seen_rewind,
 )
 from detector.stream.threshold import (
     dynamic_epsilon,
@@ -399,7 +400,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     H, K = shape.hidden, shape.head_hidden
     W = ring.shape[1]
     w_mask = W - 1 if W & (W - 1) == 0 else -1  # n % W as a mask when W is a power of 2
-    seen_step = (SEEN_LIMIT // 2 // W) * W  # state.seen_rewind
+    seen_step = seen_rewind(W)
     E = err_ring.shape[1]
     mode = int(cfg[C_MODE])
     threshold = cfg[C_THRESHOLD]

@@ -116,7 +116,8 @@ OFFSET_SET = 8
 SEEN_LIMIT = 1 << 30
 
 
-def seen_rewind(buffer_len: int) -> int:
+@njit(cache=True, nogil=True)
+def seen_rewind(buffer_len: int) -> int:  # pragma: no cover - jitted (the scoring kernel's too)
     return (SEEN_LIMIT // 2 // buffer_len) * buffer_len
 
 
