@@ -104,10 +104,7 @@ from detector.stream.scoring import (  # noqa: E402
 )
 from detector.stream.state import (  # noqa: E402
     DT_MEAN,
-    ERR_COUNT,
-    ERR_MEAN,
-    ERR_SMOOTH,
-    ERR_VAR,
+    MARKED,
     StreamStateTable,
     TableLayout,
 )
@@ -125,6 +122,7 @@ GOAL_BYTES = 1600  # resident bytes per stream (1.6 KB, read as 1,600 bytes: the
 STEP_ATOL = 1e-4  # peers' one step vs network.step / the kernel's step (h, c, prediction)
 T0 = 1_700_000_000.0  # epoch seconds of the first point
 DT_POINT = 1e-3  # the global clock advances 1 ms per point, so timestamps always increase
+DONORS, DONOR_POINTS, DONOR_DT = 256, 10_000, 300.0  # Group.age: the long histories copied
 
 
 def load_torch() -> str | None:
@@ -204,24 +202,37 @@ class Group:
             )
 
     def age(self, n: int) -> None:
-        """Put streams 0..n-1 into steady state, as after a long run: past warm-up, with
-        settled error statistics and usual interval. Writing a million streams' histories
-        through the kernel would take minutes; what matters is that every point takes the
-        steady-state path (score computed, statistics learning).
+        """Put streams 0..n-1 into steady state, as after a long run: each row becomes a
+        copy of one of DONORS streams that the kernel has scored for DONOR_POINTS points of
+        the bench's data (N(0, 1) values, one every DONOR_DT seconds: ~35 days, so every
+        bin of the daily profile has been visited), so that every field (input and error
+        statistics, value range, forecast choice, daily profile and its gate, h and c, ring
+        and marks) holds what a long history leaves. Writing a million streams' histories
+        through the kernel would take minutes; copying a few hundred takes seconds.
         Values are N(0, 1) and the persistence model predicts the last value, so the error
-        of a point is |x_t - x_{t-1}| in std units (mean ~1.13). Each stream comes back
-        every ~n points on average, so its usual interval is n * DT_POINT."""
+        of a point is |x_t - x_{t-1}| in std units. Then each row's count of points is
+        spread (ring positions as in a long run: the same one for every stream would put
+        all ring writes in the same cache sets, a layout no real run has), and its usual
+        interval is the bench's: each stream comes back every ~n points."""
         t = self.table
-        # Ring positions (seen % W) spread as in a long run: the same one for every stream
-        # would put all ring writes in the same cache sets, a layout no real run has.
-        ages = np.random.default_rng(54321).integers(0, 1 << 16, n)
-        t.seen[:n] = 10 * self.config.vector[scoring.C_WARMUP] + 1000 + ages
-        t.x_mean[:n] = 0.0
-        t.x_var[:n] = 1.0
-        t.err[:n, ERR_SMOOTH] = 1.13
-        t.err[:n, ERR_MEAN] = 1.13
-        t.err[:n, ERR_VAR] = 0.25
-        t.err[:n, ERR_COUNT] = 1e4
+        donor = Group(self.params, self.config, DONORS)
+        donor.fill(DONORS, DONORS)
+        slots = np.arange(DONORS, dtype=np.int64)
+        out = BatchScores.empty(DONORS, 1)
+        rng = np.random.default_rng(54321)
+        start = T0 - (DONOR_POINTS + 1) * DONOR_DT  # donors' histories end before T0
+        donor.table.last_ts[:DONORS] = start
+        for k in range(DONOR_POINTS):
+            ts = np.full(DONORS, start + (k + 1) * DONOR_DT)
+            values = rng.standard_normal((DONORS, 1))
+            score_batch(donor.table, self.params, self.config, slots, ts, values, out=out)
+        rows = donor.table._pack_rows(slots)
+        for lo in range(0, n, 1 << 16):
+            part = np.arange(lo, min(lo + (1 << 16), n), dtype=np.int64)
+            t._unpack_rows(part, rows[part % DONORS])
+            t._restored(part)
+        warm = int(self.config.vector[scoring.C_WARMUP])
+        t.seen[:n] = DONOR_POINTS + warm + rng.integers(0, 1 << 16, n)
         t.err[:n, DT_MEAN] = n * DT_POINT
 
 
@@ -431,7 +442,8 @@ class KernelPath(TimedPath):
         super().__init__(name, inputs)
         self.group = group
         self.out = BatchScores.empty(inputs.batch, 1)
-        self.counts = np.zeros(5, np.int64)  # scored, no prediction, dropped, gap resets, alerts
+        # scored, no prediction, dropped, gap resets, alerts, scores at or above the threshold
+        self.counts = np.zeros(6, np.int64)
 
     def prepare(self, i: int) -> None:
         super().prepare(i)
@@ -456,6 +468,8 @@ class KernelPath(TimedPath):
         self.counts[2] += np.count_nonzero(status == DROPPED)
         self.counts[3] += np.count_nonzero(self.out.gap == GAP_RESET)
         self.counts[4] += np.count_nonzero(self.out.alert)
+        threshold = self.group.config.vector[scoring.C_THRESHOLD]
+        self.counts[5] += np.count_nonzero(self.out.score >= threshold)
 
 
 class KernelDirectPath(KernelPath):
@@ -806,6 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     kernel.counts[:] = 0
     tims = rounds(paths, args.rounds, args.batches, args.lead_in, B)
     counts = kernel.counts.copy()
+    marked = float(np.mean(table.flags[:N] & MARKED != 0))
 
     # 6. Batch of 1.
     inputs1 = Inputs(rng, N, 1, args.single)
@@ -859,7 +874,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"kernel points: {counts[0] / total:.1%} scored, {counts[1] / total:.1%} first of their "
         f"stream, {counts[2] / total:.1%} dropped; {counts[3] / total:.1%} gap resets, "
-        f"{counts[4] / total:.2%} alerts; streams "
+        f"{counts[4] / total:.2%} alerts, {counts[5] / total:.2%} at or above the threshold; "
+        f"{marked:.2%} of streams hold anomaly marks; streams "
         + ("cold (one point each before the rounds)" if args.cold else "in steady state")
     )
     s1 = {name: t.stats() for name, t in tims1.items()}
