@@ -345,7 +345,7 @@ def check_kernel_step(params: LSTMParams, config: ScoringConfig) -> float:
         score_batch(table, params, config, slots, ts, values, out=out)
         if not (out.status != DROPPED).all():
             raise AssertionError("sanity batch: a point was dropped")
-        x_used = table.ring[slots, (table.seen[slots] - 1) % table.layout.buffer_len]
+        x_used = table.ring_windows(slots)[0][:, -1]  # each stream's newest model input
         peer = NumpyPeer(params, h0.copy(), c0.copy())
         rows = np.arange(len(ids))
         y = peer.step(rows, x_used.astype(np.float32))

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from detector.model.lstm import ModelShape, lstm_step_rows, step_scratch
 from detector.model.params import LSTMParams
+from detector.stream.half import half_value
 from detector.stream.state import StreamStateTable
 
 # Rows per batched step: bounds the scratch and keeps one chunk's state in cache across its
@@ -35,7 +36,8 @@ REPLAY_CHUNK = 4096
 @njit(cache=True, nogil=True)
 def replay_rows(ring, rows, start, stop, fresh, theta, shape: ModelShape, hc, pred, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Step rows ``rows`` (distinct) of ``hc`` (capacity, layers, 2, H) in place through
-    their inputs ``ring[row, p % W]`` for p in ``start[k] .. stop[k] - 1``; a ``fresh`` row
+    their inputs ``ring[row, p % W]`` (float16 bits in int16: ``table.ring.view(np.int16)``,
+    after ``table.flush_tail``) for p in ``start[k] .. stop[k] - 1``; a ``fresh`` row
     starts from zero state. ``pred[row]`` receives the output after the row's last input
     (a fresh row without inputs: zero state and zero prediction; any other row without
     inputs is left alone). Runs without the GIL: ``ring`` may be written meanwhile at
@@ -65,7 +67,9 @@ def replay_rows(ring, rows, start, stop, fresh, theta, shape: ModelShape, hc, pr
                 m += 1
             for k in range(m):
                 # Aligned on the last input: step j reads position stop - (n_max - j).
-                x[k] = ring[r[k], (stop[ids[k]] - n_max + j) % W]
+                at = (stop[ids[k]] - n_max + j) % W
+                for i in range(x.shape[1]):
+                    x[k, i] = half_value(ring[r[k], at, i])
             lstm_step_rows(x[:m], r[:m], hc, theta, shape, gates, tmp, q, h_out, y[:m])
         for k in range(m):
             pred[r[k]] = y[k]
@@ -108,7 +112,9 @@ def replay_state(
     start = seen - np.minimum(seen, table.layout.buffer_len)
     fresh = np.ones(slots.size, np.bool_)
     theta, shape = params.theta, params.shape
-    replay_rows(table.ring, slots, start, seen, fresh, theta, shape, table.hc, table.pred, chunk)
+    table.flush_tail(slots)
+    ring = table.ring.view(np.int16)
+    replay_rows(ring, slots, start, seen, fresh, theta, shape, table.hc, table.pred, chunk)
     return int(slots.size)
 
 

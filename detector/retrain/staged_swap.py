@@ -62,7 +62,7 @@ Submit = Callable[[Callable[[], None]], "Future[None]"]
 class _Round:
     """One table's share of a round: rows, their ring positions and their start state."""
 
-    ring: NDArray[np.floating]
+    ring: NDArray[np.int16]  # float16 bits (replay_rows)
     rows: NDArray[np.int64]
     start: NDArray[np.int64]
     stop: NDArray[np.int64]
@@ -129,7 +129,10 @@ class _Shadow:
         stop = seen[todo]
         fresh = stale[todo]
         start = np.where(fresh, stop - np.minimum(stop, W - margin), done[todo])
-        return _Round(table.ring, live[todo], start, stop, fresh, keys[todo])
+        # The worker reads the ring only: the inputs still in the rows' tails go there now,
+        # on the loop's thread (the kernel later copies the same bits to the same places).
+        table.flush_tail(live[todo])
+        return _Round(table.ring.view(np.int16), live[todo], start, stop, fresh, keys[todo])
 
     def record(self, r: _Round) -> None:
         """Bookkeeping for a round about to run: afterwards the rows are up to date."""

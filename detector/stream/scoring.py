@@ -11,14 +11,17 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
 1. A point not newer than its stream's last one is dropped (status DROPPED). A gap longer
    than ``gap_factor`` usual intervals resets the stream (policy "reset": it starts over as a
    new stream, warm-up included) or is noted and passed (policy "continue").
-2. x_t is normalised with the stream's running mean and std (before this point updates them)
-   and clipped to +-input_clip: x̃_t = (x_t - μ) / σ.
+2. x_t is normalised with the stream's running mean and std (before this point updates them),
+   clipped to +-input_clip and rounded to half precision, as the ring keeps it
+   (detector.stream.half): x̃_t = (x_t - μ) / σ. Calendar features are rounded alike, so
+   the model steps on exactly the inputs that training and replays read back.
 3. The error against the prediction made at the previous step, in normalised units, is
    e_t = sqrt(mean_d (x̃_t,d - ŷ_t,d)²), smoothed: s_t = s_{t-1} + α_e (e_t - s_{t-1}).
    With ``persistence_span`` > 0, ŷ_t is the model's prediction or the persistence forecast
-   x̃_{t-1} (the previous ring entry), whichever has erred less lately: the model's while
-   the stream's ``pick``, the EWMA of (model's error - persistence's error) over that span,
-   is negative (it starts at 0: persistence); both errors update it after the choice.
+   x̃_{t-1} (the previous input, from the record's tail), whichever has erred less lately:
+   the model's while the stream's ``pick``, the EWMA of (model's error - persistence's
+   error) over that span, is negative (it starts at 0: persistence); both errors update it
+   after the choice.
 4. A score in [0, 1] by mode (see :mod:`detector.stream.threshold` for the scale):
    zscore      tail_score((s_t - m) / v), m and v² the running mean and variance of s_t;
    likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t;
@@ -58,7 +61,8 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    exceeded, and no cooldown runs; an alert starts a cooldown of ``cooldown`` points.
 6. The input statistics learn x_t, robustly: a deviation beyond norm_clip std counts as
    norm_clip std; the range [lo, hi] widens to take x_t in (done in the first pass).
-   The model input [x̃_t, calendar features] enters the ring buffer, with a mark when
+   The model input [x̃_t, calendar features] enters the ring buffer (through the record's
+   tail, which is copied into the ring TAIL inputs at a time), with a mark when
    the point exceeded (retraining leaves marked inputs out; not by the seasonal score
    alone, step 4), and one LSTM step; the head
    writes ŷ_{t+1}. The stream's row counts as changed (``table.take_dirty``).
@@ -73,9 +77,9 @@ How it is fast (bench/README.md, "stream_score"): a wave goes in chunks of CHUNK
 in three short passes (inputs and error; scores; decisions and statistics) so that the CPU
 overlaps the long-latency arithmetic of several points, then one LSTM step on the table's
 rows in place (lstm_step_rows: register-tiled products, no gather or scatter). The first
-pass prefetches each point's record, LSTM rows, ring entry and flags a few points ahead:
-at a million streams every one of them is a cache miss. The records are read as plain 2-d
-views (record_views), a point's scalars in one cache line; scratch lives on the table.
+pass prefetches each point's record, LSTM rows and flags a few points ahead, and the ring
+line its tail goes to when it completes: at a million streams every one of them is a cache
+miss. The records are read as plain 2-d views (record_views); scratch lives on the table.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ from numpy.typing import NDArray
 from detector.config import ScoringSettings, StreamSettings
 from detector.model.lstm import ModelShape, lstm_step_rows, prefetch, prefetch_l2
 from detector.model.params import LSTMParams
+from detector.stream.half import half_bits, half_value
 from detector.stream.state import (
     DIRTY,
     DT_MEAN,
@@ -112,6 +117,7 @@ from detector.stream.state import (
     SEASON_SHORT,
     SEASON_VAR,
     SEEN_LIMIT,
+    TAIL,
     StreamStateTable,
     TableLayout,
     seen_rewind,
@@ -270,8 +276,10 @@ def _reset_row(s, rec_f, rec_w, rec_h, rec_b, cols, hc, ring, marks, err_ring, f
         rec_b[s, cols[F_SEASON_DEV] + k] = 0
     for k in range(SEASON_COLUMNS):
         rec_f[s, cols[F_SEASON] + k] = 0.0
+    for k in range(TAIL * ring.shape[2]):
+        rec_h[s, cols[F_TAIL] + k] = 0
     hc[s] = 0.0
-    ring[s] = 0.0
+    ring[s] = 0
     marks[s] = 0
     flags[s] &= 0xFF ^ MARKED
     err_ring[s] = 0.0
@@ -360,7 +368,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     cols,
     stream_offsets,  # the table's other arrays (detector.stream.state)
     hc,
-    ring,
+    ring,  # float16 bits (int16)
     marks,
     err_ring,
     flags,
@@ -439,6 +447,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     c_hist, c_cooldown, c_pick = cols[F_HIST], cols[F_COOLDOWN], cols[F_PICK]
     c_xmin, c_xmax = cols[F_X_MIN], cols[F_X_MAX]
     c_smean, c_sdev, c_season = cols[F_SEASON_MEAN], cols[F_SEASON_DEV], cols[F_SEASON]
+    c_tail = cols[F_TAIL]
 
     # Scratch, in the order of scratch_sizes.
     C = CHUNK
@@ -509,7 +518,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
             while i < hi and m < C:
                 i += 1  # (this point is order[i - 1]; `continue` moves on)
                 # Prefetch the record and LSTM rows of the point `ahead` places on, and the
-                # ring and mark lines of the one `half` places on (its record is here).
+                # ring line its tail goes to and the mark line of the one `half` places on
+                # (its record is here).
                 if i - 1 + ahead < hi:
                     s_ahead = slots[order[i - 1 + ahead]]
                     for line in range(rec_lines):
@@ -521,7 +531,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     s_half = slots[order[i - 1 + half]]
                     seen = rec_w[s_half, c_seen]
                     pos = seen & w_mask if w_mask >= 0 else seen % W
-                    prefetch_l2(ring, s_half * ring_stride + pos * ring_entry)
+                    if seen % TAIL == 0 and seen > 0:
+                        done = seen - TAIL  # the first input the tail holds
+                        at = done & w_mask if w_mask >= 0 else done % W
+                        prefetch_l2(ring, s_half * ring_stride + at * ring_entry)
                     if flags[s_half] & MARKED:
                         prefetch_l2(marks, s_half * marks_stride + (pos >> 3))
                 p = order[i - 1]
@@ -573,7 +586,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 # outside the range of earlier values x_t lies (r), and the range takes it in
                 sq = 0.0
                 sq_p = 0.0  # of the persistence forecast: the stream's previous input
-                prev = (n - 1) & w_mask if w_mask >= 0 else (n - 1) % W
+                prev = c_tail + ((n - 1) % TAIL) * n_in  # its place in the tail
                 r = 0.0
                 for d in range(D):
                     mu = float(rec_f[s, c_xmean + d])
@@ -592,15 +605,15 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     elif n == 0:
                         rec_f[s, c_xmin + d] = v
                         rec_f[s, c_xmax + d] = v
-                    z = (v - mu) / sd
-                    x_chunk[m, d] = xn = min(max(z, -input_clip), input_clip)
+                    z = min(max((v - mu) / sd, -input_clip), input_clip)
+                    x_chunk[m, d] = xn = float(half_value(half_bits(z)))
                     if n > 0:
                         y_model = float(rec_f[s, c_pred + d])
                         predicted[p, d] = y_model * sd + mu
                         diff = xn - y_model
                         sq += diff * diff
                         if pick_alpha > 0.0:
-                            y_persist = float(ring[s, prev, d])
+                            y_persist = float(half_value(rec_h[s, prev + d]))
                             persisted[d] = y_persist * sd + mu
                             diff = xn - y_persist
                             sq_p += diff * diff
@@ -782,10 +795,17 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 if calendar:
                     calendar_features(ts[p], cal)
                     for jj in range(CALENDAR_FEATURES):
-                        x_chunk[j, D + jj] = cal[jj]
+                        x_chunk[j, D + jj] = half_value(half_bits(cal[jj]))
                 pos = n & w_mask if w_mask >= 0 else n % W
+                at = n % TAIL
+                if at == 0 and n > 0:  # the tail is complete: into the ring (prefetched)
+                    for k in range(TAIL):
+                        done = n - TAIL + k
+                        to = done & w_mask if w_mask >= 0 else done % W
+                        for jj in range(n_in):
+                            ring[s, to, jj] = rec_h[s, c_tail + k * n_in + jj]
                 for jj in range(n_in):
-                    ring[s, pos, jj] = x_chunk[j, jj]
+                    rec_h[s, c_tail + at * n_in + jj] = half_bits(x_chunk[j, jj])
                 # The mark: a stream without marks (most) has nothing to clear. A point
                 # that exceeds by its seasonal score alone is not marked (module docstring).
                 marked_now = exceeds
@@ -886,7 +906,8 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
     F_SEASON_MEAN,
     F_SEASON_DEV,
     F_SEASON,
-) = range(14)
+    F_TAIL,
+) = range(15)
 _FIELD_VIEWS = (
     ("last_ts", 8),
     ("seen", 4),
@@ -902,6 +923,7 @@ _FIELD_VIEWS = (
     ("season_mean", 2),
     ("season_dev", 1),
     ("season", 0),
+    ("tail", 2),  # float16 bits, read through the int16 view
 )
 
 
@@ -1091,7 +1113,7 @@ def run_kernel(
             cols,
             table.offset,
             table.hc,
-            table.ring,
+            table.ring.view(np.int16),
             table.marks,
             table.err_ring,
             table.flags,

@@ -4,8 +4,8 @@ Row ``slot`` of every array belongs to one stream; there is never a Python objec
 stream, so the scoring kernel reads and writes whole batches of rows. What one row holds:
 
     rec         one record, the scalars the kernel touches for every point, packed so that
-                a point costs one cache line (64 bytes at D = 1 in float32; always a whole
-                number of lines, and the array starts on a line):
+                a point costs few cache lines (192 bytes at D = 1 in float32: always a
+                whole number of lines, and the array starts on a line):
         last_ts     timestamp of the last accepted point, epoch seconds (float64)
         err         (ERR_COLUMNS,) error and interval statistics, columns named below
         x_mean      (D,) running mean of the raw input (robust EWMA)
@@ -26,9 +26,12 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
         season      (SEASON_COLUMNS,) the seasonal score's statistics, columns named below
                     (the seasonal fields fill the record's second cache line, which the
                     kernel touches only when the seasonal score is on)
+        tail        (TAIL, n_inputs) float16: the newest model inputs, written here first
+                    and into the ring TAIL at a time (below)
     hc          (layers, 2, H)  the LSTM's h (``hc[:, :, 0]``) and c (``hc[:, :, 1]``), one
                                 contiguous block of whole cache lines, stepped in place
-    ring        (W, n_inputs)   the last W model inputs (normalised values, calendar features)
+    ring        (W, n_inputs)   the last W model inputs (normalised values, calendar
+                                features) at half precision (detector.stream.half)
     marks       (ceil(W / 8),)  bit i: ring entry i was written by a point that exceeded
                                 the threshold, not by the seasonal score alone
                                 (retraining leaves those out)
@@ -44,11 +47,21 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
                                 DESIGN.md "Changelog"). Out of the record: only Kafka mode
                                 reads it, and in the record it cost every point a 2nd line
 
-The ring's write position is ``seen % W``, so it needs no column of its own. ``h``, ``c``
-and every record field are also attributes (NumPy views), e.g. ``table.seen[slot]``.
-Serialised rows (``stream_bytes``, ``to_bytes``; format version 4) hold every field above
-but flags and last_seen, packed (_row_dtype), whatever the in-memory layout. Version 2 (no
-x_min, x_max) is still read: the range restarts as the mean +- RESTORED_RANGE_STD std.
+The ring's write position is ``seen % W``, so it needs no column of its own. Input ``p``
+(the stream's p-th point, from 0) goes to ``tail[p % TAIL]``; the kernel copies the tail
+into the ring when it completes (at the point p = k * TAIL, before writing it), so the
+ring lacks at most the TAIL newest inputs, and those are in the record the point touches
+anyway. At a million streams the ring (a gigabyte at W = 256 in float32) cost a TLB miss
+and a cache miss per point, more than all the rest of the state together
+(bench/README.md); now it costs one line per TAIL points. Code that reads the ring calls
+``flush_tail`` first (``ring_window``, ``ring_windows`` and the serialisers do), and code
+that writes it calls ``refill_tail`` after. ``h``, ``c`` and every record field are also
+attributes (NumPy views), e.g. ``table.seen[slot]``.
+Serialised rows (``stream_bytes``, ``to_bytes``; format version 6) hold every field above
+but the tail (it is refilled from the ring), flags and last_seen, packed (_row_dtype),
+whatever the in-memory layout. Versions 2 to 5 are still read (their rings are rounded to
+half precision); version 2 has no x_min, x_max: the range restarts as the mean +-
+RESTORED_RANGE_STD std.
 
 Stream ids live in a byte arena (UTF-8), found through an open-addressing hash table
 (linear probing on a seeded 64-bit hash, verified byte for byte, so distinct ids never
@@ -108,17 +121,25 @@ IN_WAVE = 4  # the scoring kernel's, set and cleared within one call
 # or Telegraf message holds several points of a stream), not a replay.
 OFFSET_SET = 8
 
+# Model inputs per record tail: the ring is written TAIL inputs at a time (module docstring).
+# 32 float16 inputs fill one cache line at n_inputs = 1.
+TAIL = 32
+
 # ``seen`` is an int32. A stream that reaches SEEN_LIMIT points steps back by seen_rewind(W),
-# a whole number of ring lengths: the ring's write position (seen % W) runs on unbroken and
-# every warm-up test (seen against a few thousand at most) still holds. (The dynamic
-# threshold's error window, at seen % E, restarts its order once unless E divides the step:
-# a power of two does.)
+# a whole number of ring lengths and tails: the ring's write position (seen % W) and the
+# tail's run on unbroken and every warm-up test (seen against a few thousand at most) still
+# holds. (The dynamic threshold's error window, at seen % E, restarts its order once unless
+# E divides the step: a power of two does.)
 SEEN_LIMIT = 1 << 30
 
 
 @njit(cache=True, nogil=True)
 def seen_rewind(buffer_len: int) -> int:  # pragma: no cover - jitted (the scoring kernel's too)
-    return (SEEN_LIMIT // 2 // buffer_len) * buffer_len
+    a, b = buffer_len, TAIL
+    while b:
+        a, b = b, a % b
+    period = buffer_len // a * TAIL  # lcm(W, TAIL)
+    return (SEEN_LIMIT // 2 // period) * period
 
 
 def wrapped_seen(seen: NDArray[np.int64], buffer_len: int) -> NDArray[np.int64]:
@@ -164,6 +185,7 @@ def record_dtype(layout: TableLayout) -> np.dtype:
         ("season_mean", np.dtype("<i2"), (SEASON_BINS,)),
         ("season_dev", np.dtype("u1"), (SEASON_BINS,)),
         ("season", f, (SEASON_COLUMNS,)),
+        ("tail", np.dtype("<f2"), (TAIL, layout.n_inputs)),
     ]
     names, formats, offsets = [], [], []
     at = 0
@@ -177,10 +199,10 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
 
 
-def _row_dtype(layout: TableLayout, version: int = 5) -> np.dtype:
-    """One row as serialised: packed, little-endian, in this field order (format version 5;
-    version 4 lacks pick, version 3 also the seasonal fields, version 2 also x_min and
-    x_max)."""
+def _row_dtype(layout: TableLayout, version: int = 6) -> np.dtype:
+    """One row as serialised: packed, little-endian, in this field order (format version 6;
+    version 5 has the ring in the table's float type, version 4 also lacks pick, version 3
+    also the seasonal fields, version 2 also x_min and x_max)."""
     f = np.dtype(layout.dtype).newbyteorder("<")
     L, H, D = layout.layers, layout.hidden, layout.n_values
     value_range = [("x_min", f, (D,)), ("x_max", f, (D,))] if version >= 3 else []
@@ -201,7 +223,7 @@ def _row_dtype(layout: TableLayout, version: int = 5) -> np.dtype:
             ("x_var", f, (D,)),
             ("pred", f, (D,)),
             *value_range,
-            ("ring", f, (layout.buffer_len, layout.n_inputs)),
+            ("ring", "<f2" if version >= 6 else f, (layout.buffer_len, layout.n_inputs)),
             ("marks", np.uint8, (_mark_bytes(layout.buffer_len),)),
             ("err", f, (ERR_COLUMNS,)),
             ("err_ring", f, (layout.error_window,)),
@@ -232,11 +254,12 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.generi
 
 # Versioned header of serialised state: magic, format version, the layout.
 _MAGIC = b"DST"
-# 5: pick; 4: the daily profile; 3: x_min, x_max; 2: offset, ring marks, shared err columns.
-_VERSION = 5
-# Versions this build restores (older rows restart with pick 0, and before 4 with an empty
-# daily profile).
-_READS = (2, 3, 4, 5)
+# 6: the ring in float16; 5: pick; 4: the daily profile; 3: x_min, x_max; 2: offset, ring
+# marks, shared err columns.
+_VERSION = 6
+# Versions this build restores (older rings are rounded to half precision, older rows
+# restart with pick 0, and before 4 with an empty daily profile).
+_READS = (2, 3, 4, 5, 6)
 # A version-2 row has no value range: it restarts as x_mean +- this many std, so a restored
 # stream does not call its first points "never seen".
 RESTORED_RANGE_STD = 4.0
@@ -696,7 +719,7 @@ class StreamStateTable:
         return {
             "rec": _aligned_zeros((capacity,), record_dtype(lay)),
             "hc": _aligned_zeros((capacity, lay.layers, 2, lay.hidden), f),
-            "ring": _aligned_zeros((capacity, lay.buffer_len, lay.n_inputs), f),
+            "ring": _aligned_zeros((capacity, lay.buffer_len, lay.n_inputs), np.dtype(np.float16)),
             "marks": np.zeros((capacity, _mark_bytes(lay.buffer_len)), np.uint8),
             "err_ring": np.zeros((capacity, lay.error_window), f),
             "flags": np.zeros(capacity, np.uint8),
@@ -795,6 +818,40 @@ class StreamStateTable:
     @property
     def pick(self) -> NDArray[np.floating]:
         return self.rec["pick"]
+
+    @property
+    def tail(self) -> NDArray[np.float16]:
+        return self.rec["tail"]
+
+    def _tail_entries(
+        self, slots: NDArray[np.int64]
+    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+        """For k = 0 .. TAIL-1: the rows of ``slots`` whose tail holds an input the ring may
+        lack at the tail's place k, and that input's index (the stream's p-th point): the
+        inputs since the tail's start, ((seen - 1) // TAIL) * TAIL, that are among the last W."""
+        W = self.layout.buffer_len
+        seen = self.rec["seen"][slots].astype(np.int64)
+        start = (seen - 1) // TAIL * TAIL
+        for k in range(TAIL):
+            p = start + k
+            has = (seen > 0) & (p < seen) & (p >= seen - W)
+            yield slots[has], p[has]
+
+    def flush_tail(self, slots: NDArray[np.int64]) -> None:
+        """Copy the inputs the tails of rows ``slots`` hold into the ring, so that the ring
+        holds each row's last min(seen, W) inputs. Idempotent: the kernel later copies the
+        same bits there; it runs between kernel calls, or beside one when nothing reads the
+        rows meanwhile (a copy of the same bits)."""
+        W = self.layout.buffer_len
+        for rows, p in self._tail_entries(np.asarray(slots, np.int64)):
+            self.ring[rows, p % W] = self.rec["tail"][rows, p % TAIL]
+
+    def refill_tail(self, slots: NDArray[np.int64]) -> None:
+        """The inverse of flush_tail: after the ring of rows ``slots`` was written (restore,
+        tests), their tails take the inputs of the ring that belong there."""
+        W = self.layout.buffer_len
+        for rows, p in self._tail_entries(np.asarray(slots, np.int64)):
+            self.rec["tail"][rows, p % TAIL] = self.ring[rows, p % W]
 
     # ------------------------------------------------------------------ streams
 
@@ -1023,11 +1080,12 @@ class StreamStateTable:
         and for each whether the point that wrote it exceeded the threshold."""
         slot = self.slot_of[stream_or_slot] if isinstance(stream_or_slot, str) else stream_or_slot
         W = self.layout.buffer_len
+        self.flush_tail(np.array([slot], np.int64))
         seen = int(self.rec["seen"][slot])
         n = min(seen, W)
         pos = (seen - n + np.arange(n)) % W
         marks = (self.marks[slot, pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
-        return self.ring[slot, pos], marks.astype(np.bool_)
+        return self.ring[slot, pos].astype(self.layout.dtype), marks.astype(np.bool_)
 
     def ring_windows(
         self, slots: NDArray[np.int64]
@@ -1037,11 +1095,13 @@ class StreamStateTable:
         last entries are buffered inputs (min(seen, W)); the entries before those are
         not inputs."""
         W = self.layout.buffer_len
+        self.flush_tail(slots)
         seen = self.rec["seen"][slots]
         pos = (seen[:, None] - W + np.arange(W)) % W
         rows = slots[:, None]
         marks = (self.marks[rows, pos >> 3] >> (pos & 7).astype(np.uint8)) & 1
-        return self.ring[rows, pos], marks.astype(np.bool_), np.minimum(seen, W)
+        inputs = self.ring[rows, pos].astype(self.layout.dtype)
+        return inputs, marks.astype(np.bool_), np.minimum(seen, W)
 
     # ------------------------------------------------------------------ serialisation
 
@@ -1060,6 +1120,7 @@ class StreamStateTable:
         )
 
     def _pack_rows(self, slots: NDArray[np.int64]) -> NDArray[np.void]:
+        self.flush_tail(slots)
         rows = np.empty(slots.size, _row_dtype(self.layout))
         for name in rows.dtype.names or ():
             rows[name] = getattr(self, name)[slots]
@@ -1070,7 +1131,10 @@ class StreamStateTable:
         for name in names:
             field = getattr(self, name)
             field[slots] = rows[name]
+        # Before version 6, rings in float64 too: half precision through float32 (half.py).
+        self.ring[slots] = rows["ring"].astype(np.float32)
         self.seen[slots] = wrapped_seen(rows["seen"], self.layout.buffer_len)
+        self.refill_tail(slots)
         if "pick" not in names:  # format version 2 to 4: persistence until the model is better
             self.pick[slots] = 0
         if "season" not in names:  # format version 2 or 3: the daily profile starts empty

@@ -153,6 +153,11 @@ class RefResult:
     predicted: np.ndarray | None = None
 
 
+def ref_half(x: np.ndarray) -> np.ndarray:
+    """Model inputs as the ring keeps them: float16, rounded from float32."""
+    return np.asarray(x).astype(np.float32).astype(np.float16).astype(np.float64)
+
+
 def ref_calendar(ts: float) -> np.ndarray:
     day = (ts % 86400.0) / 86400.0
     week = ((math.floor(ts / 86400.0) + 3) % 7 + day) / 7.0
@@ -225,7 +230,7 @@ class RefScorer:
         first = s.seen == 0
         mu = x.copy() if first else s.mean.copy()
         sd = np.maximum(np.sqrt(s.var), st.min_std)
-        xn = np.clip((x - mu) / sd, -st.input_clip, st.input_clip)
+        xn = ref_half(np.clip((x - mu) / sd, -st.input_clip, st.input_clip))
         result = RefResult("no_prediction" if first else "scored", gap)
         exceeds = marks = False  # marks: the ring entry's mark
         novelty = 0.0
@@ -334,7 +339,7 @@ class RefScorer:
             delta = np.where(s.var > 0, np.clip(delta, -bound, bound), delta)
             s.mean = s.mean + a * delta
             s.var = (1 - a) * (s.var + a * delta * delta)
-        inp = np.concatenate([xn, ref_calendar(ts)]) if self.calendar else xn
+        inp = np.concatenate([xn, ref_half(ref_calendar(ts))]) if self.calendar else xn
         s.ring = [*s.ring, inp][-st.buffer_len :]
         s.marks = [*s.marks, marks][-st.buffer_len :]
         layer_in = inp

@@ -25,6 +25,7 @@ def filled_table(dtype: str, rng: np.random.Generator) -> StreamStateTable:
     slots = table.slots(list(SEEN), now=0.0)
     table.ring[:] = rng.standard_normal(table.ring.shape)
     table.seen[slots] = list(SEEN.values())
+    table.refill_tail(slots)  # the newest inputs live in the tails (StreamStateTable)
     stale = np.full((len(slots), 2, 5), 9.0)  # the replay must not start from it
     write_state(table, slots, stale, stale)
     table.pred[:] = 9.0

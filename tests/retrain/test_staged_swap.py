@@ -93,8 +93,9 @@ class Feed:
                 continue
             slot = table.slot_of[s]
             history = self.inputs.setdefault((partition, s), [])
-            seen = int(table.seen[slot])
-            history += [table.ring[slot, p % W].copy() for p in range(len(history), seen)]
+            inputs, _ = table.ring_window(slot)  # the last min(seen, W), oldest first
+            new = int(table.seen[slot]) - len(history)
+            history += list(inputs[len(inputs) - new :])
         assert out.scores is not None
         return out.scores
 

@@ -9,7 +9,7 @@ import pytest
 from detector.config import ScoringSettings, StreamSettings
 from detector.errors import StateFormatError
 from detector.stream.scoring import score_batch
-from detector.stream.state import StreamIds, StreamStateTable, TableLayout, encode_ids
+from detector.stream.state import TAIL, StreamIds, StreamStateTable, TableLayout, encode_ids
 from tests.stream.test_scoring import make_group, run_batches, synthetic_points
 
 LAYOUT = TableLayout(layers=1, hidden=4, n_values=1, n_inputs=1, buffer_len=8, error_window=0,
@@ -218,8 +218,8 @@ def _restored_one_by_one(table: StreamStateTable) -> StreamStateTable:
 def test_ring_window_is_oldest_first_after_the_ring_wraps() -> None:
     table = StreamStateTable(LAYOUT, max_streams=2)  # W = 8
     [slot] = table.slots(["a"], now=0.0)
-    for n in range(11):  # as the kernel writes: entry n % W, then seen = n + 1
-        table.ring[slot, n % 8, 0] = n
+    for n in range(11):  # as the kernel writes: tail entry n (TAIL > 11), then seen = n + 1
+        table.tail[slot, n % TAIL, 0] = n
         table.marks[slot, 0] ^= np.uint8(1 << (n % 8)) if n % 3 == 0 else np.uint8(0)
         table.seen[slot] = n + 1
     inputs, marks = table.ring_window("a")
@@ -228,11 +228,32 @@ def test_ring_window_is_oldest_first_after_the_ring_wraps() -> None:
     assert table.ring_window(slot)[0].shape == (8, 1)
 
 
+@pytest.mark.parametrize("seen", [1, TAIL - 1, TAIL, TAIL + 1, 2 * TAIL, 3 * TAIL + 5])
+def test_the_ring_takes_the_tails_inputs_when_read(seen: int) -> None:
+    """Inputs before the tail's start, ((seen - 1) // TAIL) * TAIL, are in the ring (the
+    kernel copied them there); the later ones only in the tail until the ring is read."""
+    layout = LAYOUT._replace(buffer_len=2 * TAIL)
+    table = StreamStateTable(layout, max_streams=2)
+    [slot] = table.slots(["a"], now=0.0)
+    start = (seen - 1) // TAIL * TAIL
+    for p in range(seen):
+        if p < start:
+            table.ring[slot, p % (2 * TAIL), 0] = p
+        else:
+            table.tail[slot, p % TAIL, 0] = p
+    table.seen[slot] = seen
+    inputs, _ = table.ring_window(slot)
+    assert inputs[:, 0].tolist() == list(range(max(0, seen - 2 * TAIL), seen))
+    table.tail[slot] = -1
+    table.refill_tail(np.array([slot]))  # and back: what a restore does
+    assert table.tail[slot, : seen - start, 0].tolist() == list(range(start, seen))
+
+
 def test_state_of_format_version_1_is_refused_by_name() -> None:
     table = StreamStateTable(LAYOUT, max_streams=10)
     table.slots(["a"], now=0.0)
     good = table.stream_bytes("a")
-    with pytest.raises(StateFormatError, match="version 1; this build reads 2 or 3 or 4 or 5"):
+    with pytest.raises(StateFormatError, match="version 1; this build reads 2 or 3 or 4 or 5 or 6"):
         table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
 
 
@@ -295,3 +316,23 @@ def test_state_of_format_version_4_restores_with_pick_0() -> None:
     table.restore_stream("a", _stream_bytes_of_version(table, "a", 4), now=0.0)
     assert table.seen[slot] == 7 and table.season_mean[slot][0] == 1000
     assert table.pick[slot] == 0.0
+
+
+def test_state_of_format_version_5_restores_its_ring_at_half_precision() -> None:
+    """Version 5 kept the ring in the table's float type: it is rounded to float16 (through
+    float32), and the newest inputs go back into the tail, where the kernel reads them."""
+    from detector.stream.state import _HEADER, _row_dtype
+
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    slot = table.slots(["a"], now=0.0)[0]
+    table.seen[slot] = 11
+    v5 = _stream_bytes_of_version(table, "a", 5)
+    row = np.frombuffer(v5[_HEADER.size :], _row_dtype(LAYOUT, 5)).copy()
+    inputs = 0.1 + np.arange(8) / 3  # not float16 numbers
+    row["ring"][0, :, 0] = inputs
+    table.restore_stream("a", v5[: _HEADER.size] + row.tobytes(), now=0.0)
+    half = inputs.astype(np.float32).astype(np.float16)
+    npt.assert_array_equal(table.ring[slot, :, 0], half)
+    npt.assert_array_equal(table.tail[slot, 3:11, 0], half[np.arange(3, 11) % 8])
+    window, _ = table.ring_window("a")  # inputs 3 .. 10 (W = 8), oldest first
+    npt.assert_array_equal(window[:, 0], half[np.arange(3, 11) % 8].astype(np.float32))
