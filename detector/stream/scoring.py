@@ -486,9 +486,11 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     run_max = f64[9 * C + CALENDAR_FEATURES : 9 * C + CALENDAR_FEATURES + E // 2 + 2]
 
     rec_stride = rec_q.strides[0]
-    # The lines of a record to prefetch: without the seasonal score, not the daily
-    # profile's (the record's last fields, from season_mean on: an int16 column).
-    rec_used = rec_stride if seasonal else min(rec_stride, cols[F_SEASON_MEAN] * 2)
+    # The lines of a record to prefetch ahead: up to the tail (whose line the point writes
+    # is prefetched once its `seen` is known), without the seasonal score not the daily
+    # profile's either (the fields from season_mean on: an int16 column).
+    tail_at = c_tail * 2  # bytes into the record
+    rec_used = tail_at if seasonal else cols[F_SEASON_MEAN] * 2
     rec_lines = (rec_used + 63) // 64
     hc_stride = hc.strides[0]
     hc_lines = (hc_stride + 63) // 64
@@ -531,6 +533,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     s_half = slots[order[i - 1 + half]]
                     seen = rec_w[s_half, c_seen]
                     pos = seen & w_mask if w_mask >= 0 else seen % W
+                    row_at = s_half * rec_stride + tail_at
+                    prefetch(rec_q, row_at + (seen % TAIL) * n_in * 2)
+                    if seen > 0:  # the persistence forecast's input
+                        prefetch(rec_q, row_at + ((seen - 1) % TAIL) * n_in * 2)
                     if seen % TAIL == 0 and seen > 0:
                         done = seen - TAIL  # the first input the tail holds
                         at = done & w_mask if w_mask >= 0 else done % W
