@@ -51,9 +51,9 @@ The ring's write position is ``seen % W``, so it needs no column of its own. Inp
 (the stream's p-th point, from 0) goes to ``tail[p % TAIL]``; the kernel copies the tail
 into the ring when it completes (at the point p = k * TAIL, before writing it), so the
 ring lacks at most the TAIL newest inputs, and those are in the record the point touches
-anyway. At a million streams the ring (a gigabyte at W = 256 in float32) cost a TLB miss
-and a cache miss per point, more than all the rest of the state together
-(bench/README.md); now it costs one line per TAIL points. Code that reads the ring calls
+anyway. At a million streams, writing the ring (a gigabyte at W = 256 in float32) at every
+point cost more than all the rest of the state together (bench/README.md); now a stream's
+ring takes one line per TAIL points. Code that reads the ring calls
 ``flush_tail`` first (``ring_window``, ``ring_windows`` and the serialisers do), and code
 that writes it calls ``refill_tail`` after. ``h``, ``c`` and every record field are also
 attributes (NumPy views), e.g. ``table.seen[slot]``.
