@@ -142,6 +142,23 @@ def seen_rewind(buffer_len: int) -> int:  # pragma: no cover - jitted (the scori
     return (SEEN_LIMIT // 2 // period) * period
 
 
+@njit(cache=True, nogil=True)
+def copy_tails(ring, tail, seen, slots, to_ring):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    """For each row of ``slots``: the inputs its tail holds that the ring may lack (those
+    since the tail's start, ((seen - 1) // TAIL) * TAIL, that are among the last W), from
+    the tail into the ring (``to_ring``) or back. Oldest first, so that with W < TAIL the
+    newest input of a ring place is the one left there, as in the kernel."""
+    W = ring.shape[1]
+    for s in slots:
+        n = seen[s]
+        for p in range(max((n - 1) // TAIL * TAIL, n - W, 0), n):
+            for j in range(ring.shape[2]):
+                if to_ring:
+                    ring[s, p % W, j] = tail[s, p % TAIL, j]
+                else:
+                    tail[s, p % TAIL, j] = ring[s, p % W, j]
+
+
 def wrapped_seen(seen: NDArray[np.int64], buffer_len: int) -> NDArray[np.int64]:
     """Saved counts (int64 on the wire) as the int32 field keeps them."""
     step = seen_rewind(buffer_len)
@@ -823,35 +840,21 @@ class StreamStateTable:
     def tail(self) -> NDArray[np.float16]:
         return self.rec["tail"]
 
-    def _tail_entries(
-        self, slots: NDArray[np.int64]
-    ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.int64]]]:
-        """For k = 0 .. TAIL-1: the rows of ``slots`` whose tail holds an input the ring may
-        lack at the tail's place k, and that input's index (the stream's p-th point): the
-        inputs since the tail's start, ((seen - 1) // TAIL) * TAIL, that are among the last W."""
-        W = self.layout.buffer_len
-        seen = self.rec["seen"][slots].astype(np.int64)
-        start = (seen - 1) // TAIL * TAIL
-        for k in range(TAIL):
-            p = start + k
-            has = (seen > 0) & (p < seen) & (p >= seen - W)
-            yield slots[has], p[has]
-
     def flush_tail(self, slots: NDArray[np.int64]) -> None:
         """Copy the inputs the tails of rows ``slots`` hold into the ring, so that the ring
-        holds each row's last min(seen, W) inputs. Idempotent: the kernel later copies the
-        same bits there; it runs between kernel calls, or beside one when nothing reads the
-        rows meanwhile (a copy of the same bits)."""
-        W = self.layout.buffer_len
-        for rows, p in self._tail_entries(np.asarray(slots, np.int64)):
-            self.ring[rows, p % W] = self.rec["tail"][rows, p % TAIL]
+        holds each row's last min(seen, W) inputs. Idempotent (the kernel later copies the
+        same bits there); call it between kernel calls, on the thread that runs them."""
+        self._copy_tails(slots, to_ring=True)
 
     def refill_tail(self, slots: NDArray[np.int64]) -> None:
         """The inverse of flush_tail: after the ring of rows ``slots`` was written (restore,
         tests), their tails take the inputs of the ring that belong there."""
-        W = self.layout.buffer_len
-        for rows, p in self._tail_entries(np.asarray(slots, np.int64)):
-            self.rec["tail"][rows, p % TAIL] = self.ring[rows, p % W]
+        self._copy_tails(slots, to_ring=False)
+
+    def _copy_tails(self, slots: NDArray[np.int64], to_ring: bool) -> None:
+        tail = self.rec["tail"].view(np.int16)  # float16 bits: Numba has no float16
+        ring = self.ring.view(np.int16)
+        copy_tails(ring, tail, self.rec["seen"], np.asarray(slots, np.int64), to_ring)
 
     # ------------------------------------------------------------------ streams
 
