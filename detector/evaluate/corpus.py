@@ -104,11 +104,16 @@ def arrival_order(files: list[SeriesFile]) -> tuple[NDArray[np.int64], NDArray[n
     """
     if not files:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    key = np.concatenate([np.maximum.accumulate(f.timestamps) for f in files])
+    key = np.concatenate(merge_keys(files))
     file_idx = np.concatenate([np.full(len(f), k, np.int64) for k, f in enumerate(files)])
     row_idx = np.concatenate([np.arange(len(f), dtype=np.int64) for f in files])
     order = np.lexsort((row_idx, file_idx, key))
     return file_idx[order], row_idx[order]
+
+
+def merge_keys(files: list[SeriesFile]) -> list[NDArray[np.float64]]:
+    """Per file, the key each row is merged by: the largest timestamp of the file up to it."""
+    return [np.maximum.accumulate(f.timestamps) for f in files]
 
 
 def format_timestamps(ts: NDArray[np.float64]) -> list[str]:

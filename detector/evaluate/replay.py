@@ -1,11 +1,16 @@
 """Replay a corpus through the production pipeline, as ``detector run`` would see it.
 
 Every point becomes one native JSON message; the messages of all files are interleaved by
-timestamp and handed to :meth:`Pipeline.process` in batches of ``run.batch_size``, with
-``now`` the newest data timestamp of the batch: the data is historical, so idle eviction
-(every minute of data time, as the runner does every minute of wall time) and anything
-else that is time-driven follows data time. Online retraining hooks in through
-``after_batch(pipeline, now)``, called once after every batch.
+timestamp and handed to :meth:`Pipeline.process` in batches, with ``now`` the newest data
+timestamp of the batch: the data is historical, so idle eviction (every minute of data
+time, as the runner does every minute of wall time) and anything else that is time-driven
+follows data time. Online retraining hooks in through ``after_batch(pipeline, now)``,
+called once after every batch.
+
+A batch is what a live feed of this data would hand the runner: at most ``run.batch_size``
+points, all less than a second of data time apart. Points arrive when they happen, so a
+live batch never holds a day of one stream; cutting batches by count alone would check
+the retraining schedule (and evict) once per day-long batch of a sparse corpus instead.
 
 Rows the pipeline does not score (a stream's first point, a duplicate or older timestamp,
 a non-finite value) get score 0.
@@ -22,7 +27,7 @@ import orjson
 from numpy.typing import NDArray
 
 from detector.config import Settings
-from detector.evaluate.corpus import SeriesFile, arrival_order
+from detector.evaluate.corpus import SeriesFile, arrival_order, merge_keys
 from detector.stream.pipeline import Pipeline, PointScores
 
 AfterBatch = Callable[[Pipeline, float], None]
@@ -31,6 +36,9 @@ Progress = Callable[[int], object]
 INSTANCE = "evaluate"
 NOT_SCORED = -1  # status of a row that never reached the kernel (e.g. a non-finite value)
 _EVICT_EVERY_S = 60.0  # of data time; detector.service.runner evicts every 60 s of wall time
+# Longest data-time span of one batch: a live runner's batch waits at most
+# kafka.fetch_max_wait_ms (0.1 s) and the retrainer checks the schedule once a second.
+BATCH_SPAN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +82,9 @@ def replay(
     batch_size = settings.run.batch_size
     last_evict = -np.inf
     batches = 0
-    for start in range(0, file_of.size, batch_size):
-        fb, rb = file_of[start : start + batch_size], row_of[start : start + batch_size]
+    arrival_ts = _arrival_timestamps(files, file_of, row_of)
+    for start, stop in _batches(arrival_ts, batch_size):
+        fb, rb = file_of[start:stop], row_of[start:stop]
         ts = [float(files[k].timestamps[r]) for k, r in zip(fb.tolist(), rb.tolist(), strict=True)]
         messages = [
             orjson.dumps({"stream": streams[k], "ts": t, "value": float(files[k].values[r])})
@@ -96,6 +105,26 @@ def replay(
     return ReplayResult(
         outputs, pipeline.counters.as_dict(), batches, time.perf_counter() - started
     )
+
+
+def _arrival_timestamps(
+    files: list[SeriesFile], file_of: NDArray[np.int64], row_of: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """The merge key of every point in arrival order: non-decreasing."""
+    keys = merge_keys(files)
+    return np.array([keys[k][r] for k, r in zip(file_of.tolist(), row_of.tolist(), strict=True)])
+
+
+def _batches(arrival_ts: NDArray[np.float64], batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of every batch: at most ``batch_size`` points, spanning less than
+    BATCH_SPAN_S of data time (module docstring)."""
+    cuts, start, n = [], 0, arrival_ts.size
+    while start < n:
+        span_end = int(np.searchsorted(arrival_ts, arrival_ts[start] + BATCH_SPAN_S, "left"))
+        stop = min(start + batch_size, max(span_end, start + 1))
+        cuts.append((start, stop))
+        start = stop
+    return cuts
 
 
 def _per_file(

@@ -67,14 +67,32 @@ def test_replay_feeds_native_messages_interleaved_with_data_time_as_now(
         after_batch=lambda pipe, now: nows.append(now),
     )
     docs = [orjson.loads(m) for batch, _ in RecordingPipeline.batches for m in batch]
-    assert [len(b) for b, _ in RecordingPipeline.batches] == [4, 4, 4]
     assert [d["ts"] for d in docs] == sorted(d["ts"] for d in docs)
     assert [d["stream"] for d in docs[:4]] == ["cat/a", "cat/b", "cat/a", "cat/b"]
     assert docs[0] == {"stream": "cat/a", "ts": T0, "value": 0.0}
+    # Points 30 s apart arrive 30 s apart: each is a batch of its own, as a live feed's.
+    assert [len(b) for b, _ in RecordingPipeline.batches] == [1] * 12
     # now = the newest data timestamp of each batch; after_batch once per batch, with it.
-    assert [now for _, now in RecordingPipeline.batches] == nows
-    assert nows == [max(d["ts"] for d in docs[k : k + 4]) for k in (0, 4, 8)]
-    assert result.batches == 3 and result.counters["points"] == 12
+    assert [now for _, now in RecordingPipeline.batches] == nows == [d["ts"] for d in docs]
+    assert result.batches == 12 and result.counters["points"] == 12
+
+
+def test_a_batch_holds_at_most_batch_size_points_within_a_second_of_data_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    RecordingPipeline.batches = []
+    monkeypatch.setattr(replay_module, "Pipeline", RecordingPipeline)
+    # Five streams on one minute grid, a sixth half a second behind them, one a second behind.
+    files = [series(f"s{k}.csv", [T0 + 60 * i for i in range(3)]) for k in range(5)]
+    files.append(series("t.csv", [T0 + 0.5 + 60 * i for i in range(3)]))
+    files.append(series("u.csv", [T0 + 1.0 + 60 * i for i in range(3)]))
+    result = replay(files, Settings(run=RunSettings(batch_size=4)))
+    sizes = [len(b) for b, _ in RecordingPipeline.batches]
+    assert sizes == [4, 2, 1] * 3
+    for batch, now in RecordingPipeline.batches:
+        ts = [orjson.loads(m)["ts"] for m in batch]
+        assert now == max(ts) and max(ts) - min(ts) < replay_module.BATCH_SPAN_S
+    assert result.batches == 9 and result.counters["points"] == 21
 
 
 def test_idle_streams_are_evicted_by_data_time() -> None:
