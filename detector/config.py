@@ -153,7 +153,9 @@ class StreamSettings(_Section):
     input_clip: float = Field(10.0, gt=0, description="normalised inputs are clipped to +-this")
     min_std: float = Field(1e-6, gt=0, description="floor of a stream's standard deviation")
     max_streams: int = Field(1_000_000, ge=1, description="per group and partition")
-    idle_ttl_s: float = Field(86_400.0, gt=0, description="evict streams idle this long")
+    idle_ttl_s: float = Field(
+        604_800.0, gt=0, description="evict streams idle this long (default: a week)"
+    )
     gap_factor: float = Field(
         10.0, gt=1, description="a gap is longer than this many usual intervals"
     )
