@@ -110,8 +110,8 @@ NAB_DEV = Path(__file__).resolve().parents[2].parent / "shared/data/nab-dev"
 
 @pytest.mark.skipif(not NAB_DEV.is_dir(), reason=f"NAB data not found at {NAB_DEV}")
 def test_nab_dev_scores_stay_above_a_floor() -> None:
-    # The tuned configuration of README "Evaluation" without online retraining (2 s; with
-    # it a full run takes about a minute). A floor, not the figure: it guards the replay,
+    # A configuration of README "Evaluation" without online retraining (3 s; with it a full
+    # run takes about 100 s). A floor, not the figure: it guards the replay,
     # the alert view and the scorer against regressions, not the tuning.
     settings = Settings(
         scoring=ScoringSettings(
