@@ -95,25 +95,23 @@ def load_labels(labels_path: str | Path, files: list[SeriesFile]) -> dict[str, l
     return windows
 
 
-def arrival_order(files: list[SeriesFile]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(file index, row index) of every point, all files interleaved by timestamp.
+def arrival_order(
+    files: list[SeriesFile],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """(file index, row index, merge key) of every point, all files interleaved by
+    timestamp: the keys come out non-decreasing.
 
     Ties go to the file first by name. Each file's own row order is kept even where its
     timestamps go backwards (the pipeline then drops those points, as in production): the
     merge key of a row is the largest timestamp of its file up to it.
     """
     if not files:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    key = np.concatenate(merge_keys(files))
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    key = np.concatenate([np.maximum.accumulate(f.timestamps) for f in files])
     file_idx = np.concatenate([np.full(len(f), k, np.int64) for k, f in enumerate(files)])
     row_idx = np.concatenate([np.arange(len(f), dtype=np.int64) for f in files])
     order = np.lexsort((row_idx, file_idx, key))
-    return file_idx[order], row_idx[order]
-
-
-def merge_keys(files: list[SeriesFile]) -> list[NDArray[np.float64]]:
-    """Per file, the key each row is merged by: the largest timestamp of the file up to it."""
-    return [np.maximum.accumulate(f.timestamps) for f in files]
+    return file_idx[order], row_idx[order], key[order]
 
 
 def format_timestamps(ts: NDArray[np.float64]) -> list[str]:

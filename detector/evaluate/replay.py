@@ -27,7 +27,7 @@ import orjson
 from numpy.typing import NDArray
 
 from detector.config import Settings
-from detector.evaluate.corpus import SeriesFile, arrival_order, merge_keys
+from detector.evaluate.corpus import SeriesFile, arrival_order
 from detector.stream.pipeline import Pipeline, PointScores
 
 AfterBatch = Callable[[Pipeline, float], None]
@@ -73,7 +73,7 @@ def replay(
         update={"run": settings.run.model_copy(update={"format": "native"})}
     )
     pipeline = Pipeline(settings, INSTANCE)
-    file_of, row_of = arrival_order(files)
+    file_of, row_of, arrival_ts = arrival_order(files)
     streams = [f.stream for f in files]
     index_of = {s: k for k, s in enumerate(streams)}
     if len(index_of) != len(files):
@@ -82,7 +82,6 @@ def replay(
     batch_size = settings.run.batch_size
     last_evict = -np.inf
     batches = 0
-    arrival_ts = _arrival_timestamps(files, file_of, row_of)
     for start, stop in _batches(arrival_ts, batch_size):
         fb, rb = file_of[start:stop], row_of[start:stop]
         ts = [float(files[k].timestamps[r]) for k, r in zip(fb.tolist(), rb.tolist(), strict=True)]
@@ -105,14 +104,6 @@ def replay(
     return ReplayResult(
         outputs, pipeline.counters.as_dict(), batches, time.perf_counter() - started
     )
-
-
-def _arrival_timestamps(
-    files: list[SeriesFile], file_of: NDArray[np.int64], row_of: NDArray[np.int64]
-) -> NDArray[np.float64]:
-    """The merge key of every point in arrival order: non-decreasing."""
-    keys = merge_keys(files)
-    return np.array([keys[k][r] for k, r in zip(file_of.tolist(), row_of.tolist(), strict=True)])
 
 
 def _batches(arrival_ts: NDArray[np.float64], batch_size: int) -> list[tuple[int, int]]:

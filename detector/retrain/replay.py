@@ -36,12 +36,11 @@ REPLAY_CHUNK = 4096
 @njit(cache=True, nogil=True)
 def replay_rows(ring, rows, start, stop, fresh, theta, shape: ModelShape, hc, pred, chunk):  # type: ignore[no-untyped-def]  # pragma: no cover
     """Step rows ``rows`` (distinct) of ``hc`` (capacity, layers, 2, H) in place through
-    their inputs ``ring[row, p % W]`` (float16 bits in int16: ``table.ring.view(np.int16)``,
-    after ``table.flush_tail``) for p in ``start[k] .. stop[k] - 1``; a ``fresh`` row
-    starts from zero state. ``pred[row]`` receives the output after the row's last input
-    (a fresh row without inputs: zero state and zero prediction; any other row without
-    inputs is left alone). Runs without the GIL: ``ring`` may be written meanwhile at
-    positions no row reads."""
+    their inputs ``ring[row, p % W]`` (float16 bits in int16: ``table.ring_bits(rows)``)
+    for p in ``start[k] .. stop[k] - 1``; a ``fresh`` row starts from zero state.
+    ``pred[row]`` receives the output after the row's last input (a fresh row without
+    inputs: zero state and zero prediction; any other row without inputs is left alone).
+    Runs without the GIL: ``ring`` may be written meanwhile at positions no row reads."""
     W = ring.shape[1]
     steps = stop - start
     order = np.argsort(-steps, kind="mergesort")
@@ -112,8 +111,7 @@ def replay_state(
     start = seen - np.minimum(seen, table.layout.buffer_len)
     fresh = np.ones(slots.size, np.bool_)
     theta, shape = params.theta, params.shape
-    table.flush_tail(slots)
-    ring = table.ring.view(np.int16)
+    ring = table.ring_bits(slots)
     replay_rows(ring, slots, start, seen, fresh, theta, shape, table.hc, table.pred, chunk)
     return int(slots.size)
 

@@ -131,8 +131,8 @@ class _Shadow:
         start = np.where(fresh, stop - np.minimum(stop, W - margin), done[todo])
         # The worker reads the ring only: the inputs still in the rows' tails go there now,
         # on the loop's thread (the kernel later copies the same bits to the same places).
-        table.flush_tail(live[todo])
-        return _Round(table.ring.view(np.int16), live[todo], start, stop, fresh, keys[todo])
+        ring = table.ring_bits(live[todo])
+        return _Round(ring, live[todo], start, stop, fresh, keys[todo])
 
     def record(self, r: _Round) -> None:
         """Bookkeeping for a round about to run: afterwards the rows are up to date."""

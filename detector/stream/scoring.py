@@ -121,6 +121,7 @@ from detector.stream.state import (
     StreamStateTable,
     TableLayout,
     seen_rewind,
+    tail_to_ring,
 )
 from detector.stream.threshold import (
     dynamic_epsilon,
@@ -805,11 +806,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 pos = n & w_mask if w_mask >= 0 else n % W
                 at = n % TAIL
                 if at == 0 and n > 0:  # the tail is complete: into the ring (prefetched)
-                    for k in range(TAIL):
-                        done = n - TAIL + k
-                        to = done & w_mask if w_mask >= 0 else done % W
-                        for jj in range(n_in):
-                            ring[s, to, jj] = rec_h[s, c_tail + k * n_in + jj]
+                    tail_to_ring(ring, rec_h, s, c_tail, n, True)
                 for jj in range(n_in):
                     rec_h[s, c_tail + at * n_in + jj] = half_bits(x_chunk[j, jj])
                 # The mark: a stream without marks (most) has nothing to clear. A point

@@ -143,20 +143,30 @@ def seen_rewind(buffer_len: int) -> int:  # pragma: no cover - jitted (the scori
 
 
 @njit(cache=True, nogil=True)
-def copy_tails(ring, tail, seen, slots, to_ring):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
-    """For each row of ``slots``: the inputs its tail holds that the ring may lack (those
-    since the tail's start, ((seen - 1) // TAIL) * TAIL, that are among the last W), from
-    the tail into the ring (``to_ring``) or back. Oldest first, so that with W < TAIL the
-    newest input of a ring place is the one left there, as in the kernel."""
-    W = ring.shape[1]
+def tail_to_ring(ring, rec_h, s, c_tail, n, to_ring):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+    """Row ``s``, ``n`` points seen: the inputs its tail holds that the ring may lack (those
+    since the tail's start, ((n - 1) // TAIL) * TAIL, that are among the last W), from the
+    tail into the ring (``to_ring``) or back. The tail is read through the records as int16
+    (``rec_h``, the tail from column ``c_tail``). Oldest first, so that with W < TAIL the
+    newest input of a ring place is the one left there. The scoring kernel calls it when a
+    tail completes; flush_tail and refill_tail for any rows."""
+    W, n_in = ring.shape[1], ring.shape[2]
+    lo = max((n - 1) // TAIL * TAIL, n - W, 0)
+    to = lo % W
+    for p in range(lo, n):
+        at = c_tail + (p % TAIL) * n_in
+        for j in range(n_in):
+            if to_ring:
+                ring[s, to, j] = rec_h[s, at + j]
+            else:
+                rec_h[s, at + j] = ring[s, to, j]
+        to = to + 1 if to + 1 < W else 0
+
+
+@njit(cache=True, nogil=True)
+def copy_tails_rows(ring, rec_h, c_tail, seen, slots, to_ring):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     for s in slots:
-        n = seen[s]
-        for p in range(max((n - 1) // TAIL * TAIL, n - W, 0), n):
-            for j in range(ring.shape[2]):
-                if to_ring:
-                    ring[s, p % W, j] = tail[s, p % TAIL, j]
-                else:
-                    tail[s, p % TAIL, j] = ring[s, p % W, j]
+        tail_to_ring(ring, rec_h, s, c_tail, seen[s], to_ring)
 
 
 def wrapped_seen(seen: NDArray[np.int64], buffer_len: int) -> NDArray[np.int64]:
@@ -851,10 +861,18 @@ class StreamStateTable:
         tests), their tails take the inputs of the ring that belong there."""
         self._copy_tails(slots, to_ring=False)
 
+    def ring_bits(self, slots: NDArray[np.int64]) -> NDArray[np.int16]:
+        """The ring as float16 bits in int16 (Numba has no float16), for jitted readers,
+        once the tails of rows ``slots`` are flushed into it (flush_tail's rules)."""
+        self.flush_tail(slots)
+        return self.ring.view(np.int16)
+
     def _copy_tails(self, slots: NDArray[np.int64], to_ring: bool) -> None:
-        tail = self.rec["tail"].view(np.int16)  # float16 bits: Numba has no float16
+        rec_h = self.rec.view(np.int16).reshape(self.rec.shape[0], -1)  # float16 bits
+        c_tail = self.rec.dtype.fields["tail"][1] // 2  # type: ignore[index]
+        seen = self.rec["seen"]
         ring = self.ring.view(np.int16)
-        copy_tails(ring, tail, self.rec["seen"], np.asarray(slots, np.int64), to_ring)
+        copy_tails_rows(ring, rec_h, c_tail, seen, np.asarray(slots, np.int64), to_ring)
 
     # ------------------------------------------------------------------ streams
 

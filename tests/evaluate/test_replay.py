@@ -27,17 +27,19 @@ def series(name: str, ts: list[float], values: list[float] | None = None) -> Ser
 
 def test_arrival_order_interleaves_by_timestamp_ties_to_the_first_file() -> None:
     files = [series("a/x.csv", [0, 10, 20]), series("b/y.csv", [5, 10, 15])]
-    file_idx, row_idx = arrival_order(files)
+    file_idx, row_idx, key = arrival_order(files)
     assert list(zip(file_idx.tolist(), row_idx.tolist(), strict=True)) == [
         (0, 0), (1, 0), (0, 1), (1, 1), (1, 2), (0, 2)
     ]  # fmt: skip
+    assert key.tolist() == [0, 5, 10, 10, 15, 20]
 
 
 def test_arrival_order_keeps_each_files_own_order_when_time_goes_backwards() -> None:
     files = [series("a.csv", [0, 30, 10, 40]), series("b.csv", [20, 35])]
-    file_idx, row_idx = arrival_order(files)
+    file_idx, row_idx, key = arrival_order(files)
     pairs = list(zip(file_idx.tolist(), row_idx.tolist(), strict=True))
     assert pairs == [(0, 0), (1, 0), (0, 1), (0, 2), (1, 1), (0, 3)]
+    assert key.tolist() == [0, 20, 30, 30, 35, 40]  # a row's key: its file's latest time yet
     for k in (0, 1):  # every file's rows in file order
         rows = [r for f, r in pairs if f == k]
         assert rows == sorted(rows)
