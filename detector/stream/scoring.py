@@ -49,13 +49,14 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    visits a day, so its first points of the day meet the level the bin ended on the day
    before, and later ones the bin's last hour or so. (Weighting per day, a profile over
    many days, scored 4-5 NAB points lower on nab-dev: it loses the level changes that the
-   per-visit profile sees at bin entries.) A bin's first visit only sets m_b. A point that exceeds by its seasonal
-   score alone alerts, but its ring entry is not marked (step 6): the mark keeps from the
-   model what it would learn wrongly, and such a point is ordinary to the model (its value
-   in the stream's range, its short-term course as predicted; the model sees no time of
-   day unless ``calendar`` is on). So the seasonal score leaves the model's training
-   windows, and with them every retrained model and its predictions, as they are without
-   it (a few changed marks are enough to change every later retrained model).
+   per-visit profile sees at bin entries.) A bin's first visit only sets m_b. A point that
+   exceeds by its seasonal score alone alerts, but its ring entry is not marked (step 6):
+   the mark keeps from the model what it would learn wrongly, and such a point is ordinary
+   to the model (its value in the stream's range, its short-term course as predicted; the
+   model sees no time of day unless ``calendar`` is on). So the seasonal score leaves the
+   model's training windows, and with them every retrained model and its predictions, as
+   they are without it (a few changed marks are enough to change every later retrained
+   model).
    The point exceeds when score >= threshold. The normal-error statistics (m, v²) learn
    from every point (``stats_learn_all``, as Numenta's anomaly likelihood does: a stream
    whose large errors recur learns that they are normal), or else only from points that do
