@@ -1150,8 +1150,8 @@ class StreamStateTable:
     def _unpack_rows(self, slots: NDArray[np.int64], rows: NDArray[np.void]) -> None:
         names = rows.dtype.names or ()
         for name in names:
-            field = getattr(self, name)
-            field[slots] = rows[name]
+            if name not in ("ring", "seen"):  # converted below, each written once
+                getattr(self, name)[slots] = rows[name]
         # Before version 6, rings in float64 too: half precision through float32 (half.py).
         self.ring[slots] = rows["ring"].astype(np.float32)
         self.seen[slots] = wrapped_seen(rows["seen"], self.layout.buffer_len)
