@@ -14,7 +14,8 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
 2. x_t is normalised with the stream's running mean and std (before this point updates them),
    clipped to +-input_clip and rounded to half precision, as the ring keeps it
    (detector.stream.half): x̃_t = (x_t - μ) / σ. Calendar features are rounded alike, so
-   the model steps on exactly the inputs that training and replays read back.
+   the model steps on exactly the inputs that training and replays read back. x_t is first
+   rounded to the precision of the state table, in which μ, σ² and the range are kept.
 3. The error against the prediction made at the previous step, in normalised units, is
    e_t = sqrt(mean_d (x̃_t,d - ŷ_t,d)²), smoothed: s_t = s_{t-1} + α_e (e_t - s_{t-1}).
    With ``persistence_span`` > 0, ŷ_t is the model's prediction or the persistence forecast
@@ -440,6 +441,12 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     novelty = novelty_scale > 0.0
     pick_alpha = cfg[C_PICK_ALPHA]  # 0: the model's forecast always
     persisted = np.empty(D, np.float64)  # a point's persistence forecast, raw units
+    # The input in the record's precision: its statistics (mean, variance, range) are kept
+    # in it, so a value equal to an earlier one must compare equal to what they stored
+    # (float32: 0.066 is stored as 0.0659999996; against the float64 value it would leave a
+    # constant stream a variance of ~1e-20 that then caps the variance's growth through
+    # norm_clip, and make it "novel" by 4e-10 over a range of 0).
+    stored = rec_f.dtype.type
     learn_all = cfg[C_LEARN_ALL] != 0.0
     # The seasonal score: one value per point, and not with the dynamic threshold.
     seasonal = cfg[C_SEASONAL] != 0.0 and D == 1 and mode != MODE_DYNAMIC
@@ -603,7 +610,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 for d in range(D):
                     mu = float(rec_f[s, c_xmean + d])
                     sd = max(math.sqrt(float(rec_f[s, c_xvar + d])), min_std)
-                    v = values[p, d]
+                    v = float(stored(values[p, d]))
                     lo = float(rec_f[s, c_xmin + d])
                     up = float(rec_f[s, c_xmax + d])
                     if n == 0:
@@ -797,7 +804,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 for d in range(D):
                     mu = float(rec_f[s, c_xmean + d])
                     var = float(rec_f[s, c_xvar + d])
-                    v = values[p, d]
+                    v = float(stored(values[p, d]))
                     delta = v - mu if n > 0 else 0.0
                     if var > 0.0:
                         bound = norm_clip * math.sqrt(var)

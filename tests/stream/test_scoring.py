@@ -418,6 +418,31 @@ def test_novelty_scores_a_value_never_seen_once() -> None:
     assert np.max(scores[0.02][100:400]) < 0.5  # inside the range: nothing new
 
 
+def test_a_float32_table_scores_a_constant_start_as_float64_does() -> None:
+    """A stream that starts on a value float32 cannot hold (0.066, as ec2_cpu_utilization
+    c6585a of NAB does) and later moves: a float32 table must score it as a float64 one.
+    Compared against the float64 value, the stored mean once left the constant start a
+    variance of ~1e-20, which norm_clip then kept from growing: inputs clipped to +-10 and
+    scores of 1 for thousands of points, and a "novel" repeat of the first value."""
+    n = 1200
+    rng = np.random.default_rng(5)
+    values = np.full(n, 0.066)
+    values[150::7] = 0.134  # from point 150 on, a regular excursion
+    values[400:] += rng.normal(0.0, 0.004, n - 400)
+    ts = 1_700_000_000.0 + 300.0 * np.arange(n)
+    got = {}
+    for dtype in ("float32", "float64"):
+        scoring = ScoringSettings(mode="likelihood", warmup=100)
+        table, params, config = make_group(scoring, StreamSettings(), dtype=dtype, persistence=True)
+        keys = ["a"] * n
+        got[dtype] = run_batches(table, params, config, keys, ts, values.reshape(n, 1), 64)
+    assert got["float64"]["score"][1] == 0.0  # the same value again: nothing new
+    # After the first excursions (10: beyond a spread of 0 or near it) the spread is learnt.
+    assert np.max(got["float64"]["error"][600:]) < 5.0
+    npt.assert_allclose(got["float32"]["error"], got["float64"]["error"], rtol=0, atol=5e-3)
+    npt.assert_allclose(got["float32"]["score"], got["float64"]["score"], rtol=0, atol=5e-3)
+
+
 def test_error_is_the_forecast_that_erred_less_lately() -> None:
     """A model far from persistence on a slow sine: with persistence_span the points'
     errors soon are the persistence forecast's (smaller); with 0 always the model's."""
