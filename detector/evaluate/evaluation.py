@@ -4,9 +4,10 @@ The steps: read the corpus ─► replay it through the production pipeline (lab
 with ``retraining.enabled`` the model retrains online on data time, synchronously, as the
 daemon would between batches) ─► each row's anomaly score as the alert layer sees it
 (detector.evaluate.alert_view) ─► score all files with NAB's three profiles, one threshold
-per profile optimised over the corpus ─► window-level precision, recall and F1 at the
-standard profile's threshold ─► optionally the NAB results files, one PNG per series and a
-JSON report.
+per profile optimised over the corpus ─► the same profiles on the alerts production itself
+raises at each of those thresholds (the view is not exact under a cooldown) ─► window-level
+precision, recall and F1 at the standard profile's threshold ─► optionally the NAB results
+files, one PNG per series and a JSON report.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from detector.config import Settings
-from detector.evaluate.alert_view import alert_view
+from detector.evaluate.alert_view import alert_view, alerts_at
 from detector.evaluate.corpus import SeriesFile, load_labels, read_corpus
 from detector.evaluate.nab_scoring import (
     PROFILES,
@@ -33,6 +34,7 @@ from detector.evaluate.nab_scoring import (
     Window,
     WindowMetrics,
     score_corpus,
+    score_corpus_at_threshold,
     window_metrics,
 )
 from detector.evaluate.replay import AfterBatch, ReplayResult, replay
@@ -53,6 +55,8 @@ class Evaluation:
     replay: ReplayResult
     scores: Mapping[str, NDArray[np.float64]]  # the anomaly_score column, by file
     profiles: Mapping[str, ProfileResult]
+    # The same profiles on production's own alerts at each profile's threshold (alerts_at)
+    production: Mapping[str, ProfileResult]
     metrics: WindowMetrics
     settings: Settings
     retraining: Mapping[str, int]  # outcome -> runs ("accepted", "rejected", ...)
@@ -71,6 +75,16 @@ class Evaluation:
                 "fp_rows": r.fp_detections,
             }
             for name, r in self.profiles.items()
+        }
+        doc["production_alerts"] = {
+            name: {
+                "score": r.normalised_score,
+                "threshold": r.threshold,
+                "tp_windows": r.tp_windows,
+                "fn_windows": r.fn_windows,
+                "fp_rows": r.fp_detections,
+            }
+            for name, r in self.production.items()
         }
         m = self.metrics
         doc["window_metrics"] = {
@@ -116,6 +130,13 @@ class Evaluation:
                 f"{name:<20} {r.normalised_score:7.2f} {r.threshold:10.4f} "
                 f"{r.tp_windows:4d} {r.fn_windows:4d} {r.fp_detections:6d}"
             )
+        lines.append(
+            "production's own alerts at these thresholds (its cooldown exactly): "
+            + ", ".join(
+                f"{name} {r.normalised_score:.2f} ({r.tp_windows} TP, {r.fp_detections} FP)"
+                for name, r in self.production.items()
+            )
+        )
         m = self.metrics
         lines.append(
             f"windows at threshold {m.threshold:.4f} ({THRESHOLD_PROFILE}): "
@@ -169,8 +190,25 @@ def evaluate(
         for name, o in replayed.outputs.items()
     }
     profiles = score_corpus(scores, windows, PROFILES.values())
+    production = {
+        name: replace(
+            score_corpus_at_threshold(
+                {
+                    file: alerts_at(o.score, o.status, settings.scoring, r.threshold)
+                    for file, o in replayed.outputs.items()
+                },
+                windows,
+                r.profile,
+                1.0,  # an alert's row is True (1.0), every other row 0.0
+            ),
+            threshold=r.threshold,
+        )
+        for name, r in profiles.items()
+    }
     metrics = window_metrics(scores, windows, profiles[THRESHOLD_PROFILE].threshold)
-    result = Evaluation(files, windows, replayed, scores, profiles, metrics, settings, retraining)
+    result = Evaluation(
+        files, windows, replayed, scores, profiles, production, metrics, settings, retraining
+    )
     if out_dir is not None:
         from detector.evaluate.results import write_results
 

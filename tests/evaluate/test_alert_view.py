@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.config import ScoringSettings
-from detector.evaluate.alert_view import alert_view
+from detector.evaluate.alert_view import alert_view, alerts_at
 from detector.evaluate.replay import NOT_SCORED
 from detector.stream.scoring import DROPPED, NO_PREDICTION, SCORED
 
@@ -20,7 +20,7 @@ def view(scores: list[float], statuses: list[int] | None = None, **kw: int) -> l
     return out.tolist()
 
 
-def alerts_at(
+def kernel_alerts(
     theta: float, scores: list[float], warmup: int, k: int, n: int, cooldown: int
 ) -> list[bool]:
     """The kernel's alert decision (step 5) at threshold θ, for one stream from its start."""
@@ -86,7 +86,7 @@ def test_without_cooldown_the_view_equals_the_alerts_at_every_threshold(
     k, n = kn
     v = np.array(view(scores, warmup=warmup, hysteresis_k=k, hysteresis_n=n))
     for theta in {s for s in scores if s > 0}:
-        expected = alerts_at(theta, scores, warmup, k, n, cooldown=0)
+        expected = kernel_alerts(theta, scores, warmup, k, n, cooldown=0)
         assert (v >= theta).tolist() == expected, theta
 
 
@@ -103,7 +103,51 @@ def test_with_cooldown_the_first_alert_at_every_threshold_is_the_same_row(
     k, n = kn
     v = np.array(view(scores, cooldown=cooldown, hysteresis_k=k, hysteresis_n=n))
     for theta in {s for s in scores if s > 0}:
-        expected = alerts_at(theta, scores, 0, k, n, cooldown)
+        expected = kernel_alerts(theta, scores, 0, k, n, cooldown)
         first = expected.index(True) if any(expected) else None
         detected = np.flatnonzero(v >= theta)
         assert (int(detected[0]) if detected.size else None) == first, theta
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scores=st.lists(_score, min_size=1, max_size=40),
+    kn=st.integers(1, 3).flatmap(lambda n: st.tuples(st.integers(1, n), st.just(n))),
+    cooldown=st.integers(0, 6),
+    warmup=st.integers(0, 5),
+)
+def test_alerts_at_is_the_kernels_decision_at_every_threshold(
+    scores: list[float], kn: tuple[int, int], cooldown: int, warmup: int
+) -> None:
+    scores[0] = 0.0
+    k, n = kn
+    cfg = ScoringSettings(warmup=warmup, hysteresis_k=k, hysteresis_n=n, cooldown=cooldown)
+    statuses = np.array([NO_PREDICTION] + [SCORED] * (len(scores) - 1), np.int8)
+    for theta in {s for s in scores if s > 0}:
+        got = alerts_at(np.array(scores), statuses, cfg, theta)
+        assert got.tolist() == kernel_alerts(theta, scores, warmup, k, n, cooldown), theta
+
+
+def test_a_false_alert_hides_a_window_from_production_not_from_the_view() -> None:
+    """The documented gap: after a lower alert, production's cooldown blocks a higher row
+    at every θ up to the lower score; the view keeps the higher row."""
+    scores = [0.0, 0.5, 0.1, 0.9]
+    statuses = np.array([NO_PREDICTION] + [SCORED] * 3, np.int8)
+    cfg = ScoringSettings(warmup=0, cooldown=3)
+    assert view(scores, cooldown=3) == [0, 0.5, 0, 0.9]
+    assert alerts_at(np.array(scores), statuses, cfg, 0.4).tolist() == [0, 1, 0, 0]
+    assert alerts_at(np.array(scores), statuses, cfg, 0.6).tolist() == [0, 0, 0, 1]
+
+
+def test_alerts_at_skips_unscored_rows_and_restarts_with_the_stream() -> None:
+    scores = np.array([0.0, 0.9, 0.0, 0.9, 0.0, 0.9, 0.9])
+    statuses = np.array(
+        [NO_PREDICTION, SCORED, DROPPED, SCORED, NO_PREDICTION, SCORED, SCORED], np.int8
+    )
+    # warm-up 2: from the stream's 3rd point (a dropped row does not count), again after
+    # the restart
+    cfg = ScoringSettings(warmup=2, cooldown=5)
+    assert alerts_at(scores, statuses, cfg, 0.5).tolist() == [0, 0, 0, 1, 0, 0, 1]
+    # warm-up 1: the restart ends the cooldown the first alert started
+    cfg = ScoringSettings(warmup=1, cooldown=5)
+    assert alerts_at(scores, statuses, cfg, 0.5).tolist() == [0, 1, 0, 0, 0, 1, 0]

@@ -9,10 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from detector.config import RetrainingSettings, ScoringSettings, Settings, StreamSettings
 from detector.errors import InputFileError
+from detector.evaluate.alert_view import alerts_at
 from detector.evaluate.evaluation import evaluate
 
 from .corpus_factory import spike_corpus
@@ -64,6 +66,11 @@ def test_evaluate_writes_results_plots_and_a_report(tmp_path: Path) -> None:
     assert doc["profiles"]["standard"]["fp_rows"] == 0
     assert doc["standard"] > 80.0
     assert doc["window_metrics"]["recall"] == 1.0 and doc["window_metrics"]["precision"] == 1.0
+    # One spike per file: production's own alerts find it too, at the same threshold.
+    production = doc["production_alerts"]["standard"]
+    assert production["threshold"] == doc["profiles"]["standard"]["threshold"]
+    assert (production["tp_windows"], production["fp_rows"]) == (1, 0)
+    assert "production's own alerts" in done.stdout
     assert doc["replay"]["points"] == sum(len(f.values) for f in made)
     # The model trained online from what it had seen (retraining is on by default).
     assert doc["retraining"].get("accepted", 0) >= 1
@@ -126,4 +133,15 @@ def test_nab_dev_scores_stay_above_a_floor() -> None:
     assert result.profiles["standard"].normalised_score > 45.0
     assert result.profiles["reward_low_FP_rate"].normalised_score > 35.0
     assert result.profiles["reward_low_FN_rate"].normalised_score > 50.0
+    # Production's alerts at the view's threshold: the view only adds detections (rows
+    # its cooldown would block), so production has no more false positives.
+    view, production = result.profiles["standard"], result.production["standard"]
+    assert production.fp_detections <= view.fp_detections
+    assert production.tp_windows <= view.tp_windows
+    # alerts_at is the kernel's own decision: at the configured threshold, its alerts.
+    theta = settings.scoring.threshold
+    for name, o in result.replay.outputs.items():
+        got = alerts_at(o.score, o.status, settings.scoring, theta)
+        assert np.array_equal(got, o.alert), name
+    assert sum(int(o.alert.sum()) for o in result.replay.outputs.values()) > 20
     assert result.replay.counters["points"] == 137_366
