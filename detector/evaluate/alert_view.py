@@ -3,24 +3,27 @@
 The kernel gives every point a score in [0, 1]; production alerts on a point when its score
 is at or above ``scoring.threshold``, the stream is past warm-up, at least k of its last n
 points were at or above the threshold, and no cooldown runs (detector.stream.scoring, step
-5). NAB instead sweeps one threshold θ over per-row scores. So that the sweep measures the
+5). NAB instead sweeps one threshold θ over per-row scores. So that the sweep follows the
 detector production runs, the score of each row is what the alert layer would make of it
-at any θ:
+(exactly at every θ for warm-up and hysteresis, not for the cooldown):
 
 * warm-up: rows before the stream may alert score 0 (a stream starts over at its first
   point, and after a gap reset or an eviction);
 * hysteresis: ``min(s_i, k-th largest of the stream's last n scores)``, so the row is at or
   above θ exactly when the row and k of the last n are (exact for every θ);
 * cooldown: a row scores 0 when a row kept in the ``cooldown`` scored rows before it scored
-  at least as much: at any θ it reaches, that earlier row alerted and the cooldown blocks
-  this one. Where the earlier row scored less, production blocks this row at every θ up
-  to the earlier row's score, and the view does not: at such a θ it counts a detection
-  production does not make. That may be a false positive, or a window production misses
-  because a false alert just before it started a cooldown (on nab-dev without retraining:
-  2 of the 55 windows detected at the corpus threshold, both in realTraffic/speed_7578).
-  No score per row can do better: production's alerts at a higher θ are not a subset of
+  at least as much: where that row alerted, production's cooldown blocks this one too.
+  The view and production part in two ways:
+  - an earlier alert that scored less blocks this row at every θ up to its score, and the
+    view keeps the row: it counts a detection production does not make (a false positive,
+    or a window production misses behind a false alert's cooldown; on nab-dev without
+    retraining 2 of the 55 windows detected at the corpus threshold, both in
+    realTraffic/speed_7578);
+  - a kept row that production did not alert on (an earlier alert's cooldown blocked it)
+    blocks this row in the view, where production, that cooldown over, alerts.
+  No score per row can be exact: production's alerts at a higher θ are not a subset of
   those at a lower one. ``alerts_at`` gives production's alerts at one θ exactly, and the
-  evaluation reports their NAB score at the view's threshold too.
+  evaluation reports their NAB score at the view's thresholds too.
 
 Rows the kernel did not score (first point of a stream, dropped or non-finite points)
 score 0. Only past rows of the same stream are used: the view is causal, like the detector.

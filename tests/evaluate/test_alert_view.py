@@ -139,6 +139,17 @@ def test_a_false_alert_hides_a_window_from_production_not_from_the_view() -> Non
     assert alerts_at(np.array(scores), statuses, cfg, 0.6).tolist() == [0, 0, 0, 1]
 
 
+def test_a_row_production_alerts_on_can_be_blocked_in_the_view() -> None:
+    """The other direction: a kept row that production's cooldown blocked (0.9, after the
+    0.5 alert) still blocks a later row in the view; production, that cooldown over,
+    alerts on it."""
+    scores = [0.0, 0.5, 0.1, 0.9, 0.1, 0.8]
+    statuses = np.array([NO_PREDICTION] + [SCORED] * 5, np.int8)
+    cfg = ScoringSettings(warmup=0, cooldown=3)
+    assert view(scores, cooldown=3) == [0, 0.5, 0, 0.9, 0, 0]
+    assert alerts_at(np.array(scores), statuses, cfg, 0.4).tolist() == [0, 1, 0, 0, 0, 1]
+
+
 def test_alerts_at_skips_unscored_rows_and_restarts_with_the_stream() -> None:
     scores = np.array([0.0, 0.9, 0.0, 0.9, 0.0, 0.9, 0.9])
     statuses = np.array(

@@ -133,11 +133,11 @@ def test_nab_dev_scores_stay_above_a_floor() -> None:
     assert result.profiles["standard"].normalised_score > 45.0
     assert result.profiles["reward_low_FP_rate"].normalised_score > 35.0
     assert result.profiles["reward_low_FN_rate"].normalised_score > 50.0
-    # Production's alerts at the view's threshold: the view only adds detections (rows
-    # its cooldown would block), so production has no more false positives.
+    # Production's own alerts, at the view's threshold: a floor too. (The view is not exact
+    # under a cooldown, in either direction: test_alert_view.)
     view, production = result.profiles["standard"], result.production["standard"]
-    assert production.fp_detections <= view.fp_detections
-    assert production.tp_windows <= view.tp_windows
+    assert production.threshold == view.threshold
+    assert production.normalised_score > 40.0
     # alerts_at is the kernel's own decision: at the configured threshold, its alerts.
     theta = settings.scoring.threshold
     for name, o in result.replay.outputs.items():
