@@ -109,6 +109,15 @@ class ScoringSettings(_Section):
         "point's error is that of the forecast with the lower recent error; 0: always the "
         "model's",
     )
+    # The record's tail holds the stream's last 32 inputs (detector.stream.state.TAIL).
+    persistence_lags: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="the persistence forecast is the nearest of the stream's last "
+        "persistence_lags inputs, so that a one-point excursion errs once, not again on its "
+        "way back; 1: the previous input",
+    )
     seasonal: bool = Field(
         True,
         description="score the deviation from the stream's daily profile (time-of-day bins) "

@@ -18,11 +18,14 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    rounded to the precision of the state table, in which μ, σ² and the range are kept.
 3. The error against the prediction made at the previous step, in normalised units, is
    e_t = sqrt(mean_d (x̃_t,d - ŷ_t,d)²), smoothed: s_t = s_{t-1} + α_e (e_t - s_{t-1}).
-   With ``persistence_span`` > 0, ŷ_t is the model's prediction or the persistence forecast
-   x̃_{t-1} (the previous input, from the record's tail), whichever has erred less lately:
-   the model's while the stream's ``pick``, the EWMA of (model's error - persistence's
-   error) over that span, is negative (it starts at 0: persistence); both errors update it
-   after the choice.
+   With ``persistence_span`` > 0, ŷ_t is the model's prediction or the persistence forecast,
+   whichever has erred less lately: the model's while the stream's ``pick``, the EWMA of
+   (model's error - persistence's error) over that span, is negative (it starts at 0:
+   persistence); both errors update it after the choice. The persistence forecast is the
+   nearest to x̃_t of the stream's last ``persistence_lags`` inputs x̃_{t-1}, x̃_{t-2}, ...
+   (from the record's tail; the newest on a tie): with 2 (the default), a point that
+   returns from a one-point excursion is as near as it was before it, so the excursion
+   errs once, not twice (once there, once back).
 4. A score in [0, 1] by mode (see :mod:`detector.stream.threshold` for the scale):
    zscore      tail_score((s_t - m) / v), m and v² the running mean and variance of s_t;
    likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t;
@@ -189,7 +192,8 @@ C_SEASONAL = 21
 C_SEASON_GATE = 22
 C_SEASON_WARMUP = 23
 C_PICK_ALPHA = 24
-N_CONFIG = 25
+C_PERSIST_LAGS = 25
+N_CONFIG = 26
 
 # The seasonal score's fixed constants (module docstring).
 SEASON_ALPHA = 0.1  # EWMA weight of a bin's mean and deviation per visit
@@ -238,6 +242,7 @@ class ScoringConfig:
         v[C_SEASON_GATE] = scoring.seasonal_gate
         v[C_SEASON_WARMUP] = scoring.seasonal_warmup_days * _DAY
         v[C_PICK_ALPHA] = span_alpha(scoring.persistence_span) if scoring.persistence_span else 0.0
+        v[C_PERSIST_LAGS] = scoring.persistence_lags
         v.flags.writeable = False
         return cls(v)
 
@@ -440,7 +445,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     novelty_scale = cfg[C_NOVELTY]
     novelty = novelty_scale > 0.0
     pick_alpha = cfg[C_PICK_ALPHA]  # 0: the model's forecast always
+    persist_lags = int(cfg[C_PERSIST_LAGS])
     persisted = np.empty(D, np.float64)  # a point's persistence forecast, raw units
+    in_mean = np.empty(D, np.float64)  # the point's normalisation, per value
+    in_std = np.empty(D, np.float64)
     # The input in the record's precision: its statistics (mean, variance, range) are kept
     # in it, so a value equal to an earlier one must compare equal to what they stored
     # (float32: 0.066 is stored as 0.0659999996; against the float64 value it would leave a
@@ -548,8 +556,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     pos = seen & w_mask if w_mask >= 0 else seen % W
                     row_at = s_half * rec_stride + tail_at
                     prefetch(rec_q, row_at + (seen % TAIL) * n_in * 2)
-                    if seen > 0:  # the persistence forecast's input
+                    if seen > 0:  # the persistence forecast's inputs (first and last)
                         prefetch(rec_q, row_at + ((seen - 1) % TAIL) * n_in * 2)
+                        oldest = seen - min(persist_lags, seen)
+                        prefetch(rec_q, row_at + (oldest % TAIL) * n_in * 2)
                     if seen % TAIL == 0 and seen > 0:
                         done = seen - TAIL  # the first input the tail holds
                         at = done & w_mask if w_mask >= 0 else done % W
@@ -604,8 +614,6 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 # 2. normalise with the statistics as they were before this point; how far
                 # outside the range of earlier values x_t lies (r), and the range takes it in
                 sq = 0.0
-                sq_p = 0.0  # of the persistence forecast: the stream's previous input
-                prev = c_tail + ((n - 1) % TAIL) * n_in  # its place in the tail
                 r = 0.0
                 for d in range(D):
                     mu = float(rec_f[s, c_xmean + d])
@@ -626,16 +634,31 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         rec_f[s, c_xmax + d] = v
                     z = min(max((v - mu) / sd, -input_clip), input_clip)
                     x_chunk[m, d] = xn = float(half_value(half_bits(z)))
+                    in_mean[d] = mu
+                    in_std[d] = sd
                     if n > 0:
                         y_model = float(rec_f[s, c_pred + d])
                         predicted[p, d] = y_model * sd + mu
                         diff = xn - y_model
                         sq += diff * diff
-                        if pick_alpha > 0.0:
-                            y_persist = float(half_value(rec_h[s, prev + d]))
-                            persisted[d] = y_persist * sd + mu
-                            diff = xn - y_persist
-                            sq_p += diff * diff
+                # The persistence forecast: the nearest of the stream's last persist_lags
+                # inputs (in the record's tail), the newest on a tie. With 2, a one-point
+                # excursion errs once, not again on its way back.
+                sq_p = math.inf
+                if n > 0 and pick_alpha > 0.0:
+                    nearest = 0
+                    for k in range(1, min(persist_lags, n) + 1):
+                        at = c_tail + ((n - k) % TAIL) * n_in
+                        sq_k = 0.0
+                        for d in range(D):
+                            diff = x_chunk[m, d] - float(half_value(rec_h[s, at + d]))
+                            sq_k += diff * diff
+                        if sq_k < sq_p:
+                            sq_p = sq_k
+                            nearest = at
+                    for d in range(D):
+                        y_persist = float(half_value(rec_h[s, nearest + d]))
+                        persisted[d] = y_persist * in_std[d] + in_mean[d]
                 # 3. the error, and what the score needs
                 kind[m] = _NO_SCORE
                 zs[m] = 0.0

@@ -268,8 +268,11 @@ class RefScorer:
         if not first:
             pred = s.pred
             e = math.sqrt(float(np.mean((xn - s.pred) ** 2)))
-            if sc.persistence_span > 0:  # the model's forecast or persistence (previous input)
-                previous = s.ring[-1][:D]
+            if sc.persistence_span > 0:  # the model's forecast or persistence
+                # persistence: the nearest of the last persistence_lags inputs, newest on a tie
+                lags = [s.ring[-k][:D] for k in range(1, min(sc.persistence_lags, s.seen) + 1)]
+                sq_lags = [float(np.sum((xn - y) ** 2)) for y in lags]
+                previous = lags[int(np.argmin(sq_lags))]
                 e_p = math.sqrt(float(np.mean((xn - previous) ** 2)))
                 if s.pick >= 0.0:
                     pred, e_model, e = previous, e, e_p

@@ -139,6 +139,12 @@ CASES = {
     "likelihood-model-forecast": dict(  # the model's error always, not persistence's
         scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12, persistence_span=0)
     ),
+    "likelihood-previous-input": dict(  # persistence is the previous input alone
+        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12, persistence_lags=1)
+    ),
+    "likelihood-persistence-lags-5": dict(
+        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12, persistence_lags=5)
+    ),
     "likelihood-novelty": dict(
         scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.5, novelty_scale=0.2)
     ),
@@ -457,6 +463,34 @@ def test_error_is_the_forecast_that_erred_less_lately() -> None:
         errors[span] = run_batches(table, params, config, ["a"] * n, ts, values, 64)["error"]
     late = slice(100, None)
     assert np.mean(errors[20][late]) < 0.5 * np.mean(errors[0][late])
+
+
+def test_a_one_point_spike_errs_once_with_two_persistence_lags() -> None:
+    """On its way back from a one-point spike a point is as near the input before the spike
+    as it was before it: with persistence_lags 2 it errs as little as its neighbours and
+    its forecast is the pre-spike input; with 1 (the previous input) it errs as the spike did.
+    A level shift errs once either way: after it the previous input is the nearest."""
+    n = 400
+    rng = np.random.default_rng(11)
+    values = 5.0 + rng.normal(0.0, 0.1, n)
+    values[300] = 9.0  # a spike
+    values[350:] += 3.0  # a level shift
+    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    out = {}
+    for lags in (1, 2):
+        scoring = ScoringSettings(mode="likelihood", warmup=50, persistence_lags=lags)
+        table, params, config = make_group(scoring, StreamSettings(), persistence=True)
+        out[lags] = run_batches(table, params, config, ["a"] * n, ts, values.reshape(n, 1), 64)
+    one, two = out[1]["error"], out[2]["error"]
+    noise = np.median(two[100:300])
+    assert two[300] == pytest.approx(one[300], rel=0.05)  # the spike: the nearer of two noises
+    assert one[301] > 0.8 * one[300]  # previous input: the way back errs again
+    assert two[301] < 5.0 * noise  # two lags: it does not
+    assert out[2]["predicted"][301, 0] == pytest.approx(values[299], abs=0.01)
+    assert two[350] > 10.0 * noise and two[351] < 5.0 * noise  # the shift errs once
+    assert one[351] < 5.0 * noise
+    # After the spike, the smoothed error (and with it the likelihood) carries one error, not two.
+    assert np.max(out[2]["score"][301:310]) < 0.5 * np.max(out[1]["score"][301:310])
 
 
 @pytest.mark.parametrize("W", [256, 100])
