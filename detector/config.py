@@ -115,8 +115,8 @@ class ScoringSettings(_Section):
         ge=1,
         le=32,
         description="the persistence forecast is the nearest of the stream's last "
-        "persistence_lags inputs, so that a one-point excursion errs once, not again on its "
-        "way back; 1: the previous input",
+        "persistence_lags inputs (at most streams.buffer_len), so that a one-point excursion "
+        "errs once, not again on its way back; 1: the previous input",
     )
     seasonal: bool = Field(
         True,

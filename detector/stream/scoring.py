@@ -23,9 +23,9 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    (model's error - persistence's error) over that span, is negative (it starts at 0:
    persistence); both errors update it after the choice. The persistence forecast is the
    nearest to x̃_t of the stream's last ``persistence_lags`` inputs x̃_{t-1}, x̃_{t-2}, ...
-   (from the record's tail; the newest on a tie): with 2 (the default), a point that
-   returns from a one-point excursion is as near as it was before it, so the excursion
-   errs once, not twice (once there, once back).
+   (from the record's tail; the newest on a tie; at most W, what a restored tail holds):
+   with 2 (the default), a point that returns from a one-point excursion is as near as it
+   was before it, so the excursion errs once, not twice (once there, once back).
 4. A score in [0, 1] by mode (see :mod:`detector.stream.threshold` for the scale):
    zscore      tail_score((s_t - m) / v), m and v² the running mean and variance of s_t;
    likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t;
@@ -558,7 +558,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     prefetch(rec_q, row_at + (seen % TAIL) * n_in * 2)
                     if seen > 0:  # the persistence forecast's inputs (first and last)
                         prefetch(rec_q, row_at + ((seen - 1) % TAIL) * n_in * 2)
-                        oldest = seen - min(persist_lags, seen)
+                        oldest = seen - min(persist_lags, seen, W)
                         prefetch(rec_q, row_at + (oldest % TAIL) * n_in * 2)
                     if seen % TAIL == 0 and seen > 0:
                         done = seen - TAIL  # the first input the tail holds
@@ -643,11 +643,12 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         sq += diff * diff
                 # The persistence forecast: the nearest of the stream's last persist_lags
                 # inputs (in the record's tail), the newest on a tie. With 2, a one-point
-                # excursion errs once, not again on its way back.
+                # excursion errs once, not again on its way back. At most W of them: a
+                # restored tail holds only what the ring kept.
                 sq_p = math.inf
                 if n > 0 and pick_alpha > 0.0:
                     nearest = 0
-                    for k in range(1, min(persist_lags, n) + 1):
+                    for k in range(1, min(persist_lags, n, W) + 1):
                         at = c_tail + ((n - k) % TAIL) * n_in
                         sq_k = 0.0
                         for d in range(D):

@@ -146,12 +146,15 @@ def seen_rewind(buffer_len: int) -> int:  # pragma: no cover - jitted (the scori
 def tail_to_ring(ring, rec_h, s, c_tail, n, to_ring):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     """Row ``s``, ``n`` points seen: the inputs its tail holds that the ring may lack (those
     since the tail's start, ((n - 1) // TAIL) * TAIL, that are among the last W), from the
-    tail into the ring (``to_ring``) or back. The tail is read through the records as int16
-    (``rec_h``, the tail from column ``c_tail``). Oldest first, so that with W < TAIL the
-    newest input of a ring place is the one left there. The scoring kernel calls it when a
-    tail completes; flush_tail and refill_tail for any rows."""
+    tail into the ring (``to_ring``); back, every input of the last TAIL that the ring
+    holds, so that the tail's places before its start hold the round before as they did
+    when the row was saved (the persistence forecast reads the last few inputs). The tail
+    is read through the records as int16 (``rec_h``, the tail from column ``c_tail``).
+    Oldest first, so that with W < TAIL the newest input of a ring place is the one left
+    there. The scoring kernel calls it when a tail completes; flush_tail and refill_tail
+    for any rows."""
     W, n_in = ring.shape[1], ring.shape[2]
-    lo = max((n - 1) // TAIL * TAIL, n - W, 0)
+    lo = max((n - 1) // TAIL * TAIL if to_ring else n - TAIL, n - W, 0)
     to = lo % W
     for p in range(lo, n):
         at = c_tail + (p % TAIL) * n_in

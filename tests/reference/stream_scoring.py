@@ -270,7 +270,8 @@ class RefScorer:
             e = math.sqrt(float(np.mean((xn - s.pred) ** 2)))
             if sc.persistence_span > 0:  # the model's forecast or persistence
                 # persistence: the nearest of the last persistence_lags inputs, newest on a tie
-                lags = [s.ring[-k][:D] for k in range(1, min(sc.persistence_lags, s.seen) + 1)]
+                # (the ring holds the last min(seen, W) inputs)
+                lags = [s.ring[-k][:D] for k in range(1, min(sc.persistence_lags, len(s.ring)) + 1)]
                 sq_lags = [float(np.sum((xn - y) ** 2)) for y in lags]
                 previous = lags[int(np.argmin(sq_lags))]
                 e_p = math.sqrt(float(np.mean((xn - previous) ** 2)))

@@ -22,6 +22,7 @@ from detector.stream.scoring import (
 from detector.stream.state import (
     OFFSET_SET,
     SEEN_LIMIT,
+    TAIL,
     StreamStateTable,
     TableLayout,
     seen_rewind,
@@ -346,6 +347,34 @@ def test_replay_after_restore_equals_an_uninterrupted_run(mode: str) -> None:
     for name in ("status", "gap", "score", "alert", "error", "predicted"):
         npt.assert_allclose(rest[name][150:], whole[name][600:], rtol=1e-5, atol=1e-6)
     assert whole["alert"][600:].any()
+
+
+@pytest.mark.parametrize("W", [1, 8, 256])
+@pytest.mark.parametrize("lags", [2, 5])
+def test_a_restored_stream_forecasts_persistence_from_the_same_inputs(W: int, lags: int) -> None:
+    """The persistence forecast reads the stream's last persistence_lags inputs from the
+    record's tail, which a saved row does not hold (it is refilled from the ring). Saved
+    after any count, right after a tail completed included (seen % TAIL == 1, where the
+    tail's older places hold the round before), a restored stream scores on as the
+    uninterrupted one."""
+    n = 4 * TAIL + 40
+    rng = np.random.default_rng(3)
+    values = 5.0 + rng.normal(0.0, 1.0, (n, 1))
+    values[::9] += 6.0  # one-point spikes: their returns are where the lags matter
+    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    keys = ["a"] * n
+    scoring = ScoringSettings(mode="likelihood", warmup=10, persistence_lags=lags)
+    streams = StreamSettings(buffer_len=W)
+    table, params, config = make_group(scoring, streams, persistence=True)
+    whole = run_batches(table, params, config, keys, ts, values, 16)
+    for cut in (TAIL + 1, 2 * TAIL, 2 * TAIL + 1, 2 * TAIL + 2, 3 * TAIL + 3):
+        first, params, config = make_group(scoring, streams, persistence=True)
+        run_batches(first, params, config, keys[:cut], ts[:cut], values[:cut], 16)
+        second = StreamStateTable(first.layout, max_streams=4)
+        second.restore_stream("a", first.stream_bytes("a"), now=0.0)
+        rest = run_batches(second, params, config, keys[cut:], ts[cut:], values[cut:], 16)
+        for name in ("score", "error", "predicted"):
+            npt.assert_allclose(rest[name], whole[name][cut:], rtol=1e-7, atol=1e-9)
 
 
 def test_replayed_points_change_nothing_and_a_newer_one_goes_on() -> None:
