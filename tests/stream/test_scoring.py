@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.testing as npt
 import pytest
+from pydantic import ValidationError
 
 from detector.config import ScoringSettings, StreamSettings
 from detector.model.params import LSTMParams, make_shape
@@ -347,6 +348,14 @@ def test_replay_after_restore_equals_an_uninterrupted_run(mode: str) -> None:
     for name in ("status", "gap", "score", "alert", "error", "predicted"):
         npt.assert_allclose(rest[name][150:], whole[name][600:], rtol=1e-5, atol=1e-6)
     assert whole["alert"][600:].any()
+
+
+def test_persistence_lags_range_over_the_record_tail() -> None:
+    """The kernel reads the lags from the record's tail, which holds TAIL inputs."""
+    assert ScoringSettings(persistence_lags=TAIL).persistence_lags == TAIL
+    for bad in (0, TAIL + 1):
+        with pytest.raises(ValidationError, match="persistence_lags"):
+            ScoringSettings(persistence_lags=bad)
 
 
 @pytest.mark.parametrize("W", [1, 8, 256])
