@@ -36,8 +36,13 @@ def detector(
         **os.environ,
         "DETECTOR_SCORING__WARMUP": "50",
         # One alert per spike: the z-score with a tight error floor, without the novelty
-        # score (Gaussian noise reaches new extremes by chance).
-        **({"DETECTOR_SCORING__MODE": "zscore"} if spike_scoring else {}),
+        # score (Gaussian noise reaches new extremes by chance), above the noise's largest
+        # (a 3.2 sigma step scores 0.53; the +40 spikes score 1).
+        **(
+            {"DETECTOR_SCORING__MODE": "zscore", "DETECTOR_SCORING__THRESHOLD": "0.8"}
+            if spike_scoring
+            else {}
+        ),
         "DETECTOR_SCORING__MIN_ERROR_STD": "0.01",
         "DETECTOR_SCORING__COOLDOWN": "10",
         "DETECTOR_SCORING__NOVELTY_SCALE": "0",
