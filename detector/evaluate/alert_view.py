@@ -32,6 +32,7 @@ score 0. Only past rows of the same stream are used: the view is causal, like th
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,31 +41,38 @@ from detector.config import ScoringSettings
 from detector.stream.scoring import NO_PREDICTION, SCORED
 
 
+def _scored_rows(
+    score: NDArray[np.float64], status: NDArray[np.int8], warmup: int
+) -> Iterator[tuple[int, float, bool, bool]]:
+    """(row, score, warm, restarted) of every row of one stream that the kernel scored, in
+    arrival order. ``warm``: the stream may alert on it (``warmup`` points since its start,
+    counted as the kernel's ``seen``); ``restarted``: the first scored row after a (re)start,
+    before which the alert layer forgets the stream (history, cooldown)."""
+    seen = 0
+    restarted = False
+    for i, (s, st) in enumerate(zip(score.tolist(), status.tolist(), strict=True)):
+        if st == NO_PREDICTION:
+            seen, restarted = 1, True
+        elif st == SCORED:
+            yield i, s, seen >= warmup, restarted
+            seen += 1
+            restarted = False
+
+
 def alert_view(
     score: NDArray[np.float64], status: NDArray[np.int8], scoring: ScoringSettings
 ) -> NDArray[np.float64]:
     """The rows of one stream in arrival order → their scores under the alert layer."""
-    k, n, cooldown, warmup = (
-        scoring.hysteresis_k,
-        scoring.hysteresis_n,
-        scoring.cooldown,
-        scoring.warmup,
-    )
+    k, n, cooldown = scoring.hysteresis_k, scoring.hysteresis_n, scoring.cooldown
     out = np.zeros(score.size, np.float64)
-    seen = 0  # points of the stream since its (re)start, as the kernel's `seen`
     recent: deque[float] = deque(maxlen=n)  # the last n scores (hysteresis history)
     kept: deque[tuple[int, float]] = deque()  # (scored index, score) of rows kept
     j = 0  # index of the row among the stream's scored rows
-    for i, (s, st) in enumerate(zip(score.tolist(), status.tolist(), strict=True)):
-        if st == NO_PREDICTION:
-            seen, j = 1, 0
+    for i, s, warm, restarted in _scored_rows(score, status, scoring.warmup):
+        if restarted:
+            j = 0
             recent.clear()
             kept.clear()
-            continue
-        if st != SCORED:
-            continue
-        warm = seen >= warmup
-        seen += 1
         j += 1
         recent.append(s)
         if not warm or s <= 0.0:
@@ -86,25 +94,14 @@ def alerts_at(
 ) -> NDArray[np.bool_]:
     """The rows of one stream in arrival order → whether production alerts on each at
     ``threshold`` (the kernel's step 5: warm-up, k of the last n at or above it, cooldown)."""
-    k, n, cooldown, warmup = (
-        scoring.hysteresis_k,
-        scoring.hysteresis_n,
-        scoring.cooldown,
-        scoring.warmup,
-    )
+    k, n, cooldown = scoring.hysteresis_k, scoring.hysteresis_n, scoring.cooldown
     out = np.zeros(score.size, np.bool_)
-    seen = 0  # as in alert_view
     recent: deque[bool] = deque(maxlen=n)  # whether each of the last n points exceeded
     cooling = 0  # scored points left in the cooldown
-    for i, (s, st) in enumerate(zip(score.tolist(), status.tolist(), strict=True)):
-        if st == NO_PREDICTION:
-            seen, cooling = 1, 0
+    for i, s, warm, restarted in _scored_rows(score, status, scoring.warmup):
+        if restarted:
+            cooling = 0
             recent.clear()
-            continue
-        if st != SCORED:
-            continue
-        warm = seen >= warmup
-        seen += 1
         exceeds = s >= threshold
         recent.append(exceeds)
         if cooling > 0:

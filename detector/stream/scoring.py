@@ -129,8 +129,8 @@ from detector.stream.state import (
     TAIL,
     StreamStateTable,
     TableLayout,
+    copy_tail,
     seen_rewind,
-    tail_to_ring,
 )
 from detector.stream.threshold import (
     dynamic_epsilon,
@@ -842,7 +842,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 pos = n & w_mask if w_mask >= 0 else n % W
                 at = n % TAIL
                 if at == 0 and n > 0:  # the tail is complete: into the ring (prefetched)
-                    tail_to_ring(ring, rec_h, s, c_tail, n, True)
+                    copy_tail(ring, rec_h, s, c_tail, n, True)
                 for jj in range(n_in):
                     rec_h[s, c_tail + at * n_in + jj] = half_bits(x_chunk[j, jj])
                 # The mark: a stream without marks (most) has nothing to clear. A point

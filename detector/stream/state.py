@@ -143,7 +143,7 @@ def seen_rewind(buffer_len: int) -> int:  # pragma: no cover - jitted (the scori
 
 
 @njit(cache=True, nogil=True)
-def tail_to_ring(ring, rec_h, s, c_tail, n, to_ring):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
+def copy_tail(ring, rec_h, s, c_tail, n, to_ring):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     """Row ``s``, ``n`` points seen: the inputs its tail holds that the ring may lack (those
     since the tail's start, ((n - 1) // TAIL) * TAIL, that are among the last W), from the
     tail into the ring (``to_ring``); back, every input of the last TAIL that the ring
@@ -169,7 +169,7 @@ def tail_to_ring(ring, rec_h, s, c_tail, n, to_ring):  # type: ignore[no-untyped
 @njit(cache=True, nogil=True)
 def copy_tails_rows(ring, rec_h, c_tail, seen, slots, to_ring):  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     for s in slots:
-        tail_to_ring(ring, rec_h, s, c_tail, seen[s], to_ring)
+        copy_tail(ring, rec_h, s, c_tail, seen[s], to_ring)
 
 
 def wrapped_seen(seen: NDArray[np.int64], buffer_len: int) -> NDArray[np.int64]:
