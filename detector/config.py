@@ -92,9 +92,14 @@ class ScoringSettings(_Section):
     dynamic_prune: float = Field(0.13, ge=0, lt=1, description="dynamic: minimum decrease p")
     hysteresis_k: int = Field(1, ge=1, le=32, description="alert when k of the last n exceed")
     hysteresis_n: int = Field(1, ge=1, le=32)
-    # The kernel keeps the count in an int32 record field.
-    cooldown: int = Field(
-        100, ge=0, le=2**31 - 1, description="points after an alert without another"
+    # The kernel counts both down in a uint16 record field (state.MAX_ESCALATION_WINDOW).
+    cooldown: int = Field(20, ge=0, le=65_535, description="points after an alert without another")
+    escalation_window: int = Field(
+        100,
+        ge=0,
+        le=65_535,
+        description="points after an alert (its cooldown included) in which the stream "
+        "alerts again only on a higher score than that alert's; equal to cooldown: none",
     )
     novelty_scale: float = Field(
         0.02,
@@ -147,6 +152,11 @@ class ScoringSettings(_Section):
             raise ValueError(
                 f"hysteresis_k ({self.hysteresis_k}) must not exceed hysteresis_n "
                 f"({self.hysteresis_n})"
+            )
+        if self.escalation_window < self.cooldown:
+            raise ValueError(
+                f"escalation_window ({self.escalation_window}) must not be shorter than "
+                f"cooldown ({self.cooldown}), which it includes"
             )
         return self
 

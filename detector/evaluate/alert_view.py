@@ -2,23 +2,24 @@
 
 The kernel gives every point a score in [0, 1]; production alerts on a point when its score
 is at or above ``scoring.threshold``, the stream is past warm-up, at least k of its last n
-points were at or above the threshold, and no cooldown runs (detector.stream.scoring, step
-5). NAB instead sweeps one threshold θ over per-row scores. So that the sweep follows the
-detector production runs, the score of each row is what the alert layer would make of it
-(exactly at every θ for warm-up and hysteresis, not for the cooldown):
+points were at or above the threshold, and its last alert is more than
+``escalation_window`` points back, or more than ``cooldown`` points back and lower
+(detector.stream.scoring, step 5). NAB instead sweeps one threshold θ over per-row scores.
+So that the sweep follows the detector production runs, the score of each row is what the
+alert layer would make of it (exactly at every θ for warm-up and hysteresis, not for the
+cooldown):
 
 * warm-up: rows before the stream may alert score 0 (a stream starts over at its first
   point, and after a gap reset or an eviction);
 * hysteresis: ``min(s_i, k-th largest of the stream's last n scores)``, so the row is at or
   above θ exactly when the row and k of the last n are (exact for every θ);
-* cooldown: a row scores 0 when a row kept in the ``cooldown`` scored rows before it scored
-  at least as much: where that row alerted, production's cooldown blocks this one too.
-  The view and production part in two ways:
-  - an earlier alert that scored less blocks this row at every θ up to its score, and the
-    view keeps the row: it counts a detection production does not make (a false positive,
-    or a window production misses behind a false alert's cooldown; on nab-dev without
-    retraining 2 of the 55 windows detected at the corpus threshold, both in
-    realTraffic/speed_7578);
+* escalation: a row scores 0 when a row kept in the ``escalation_window`` scored rows
+  before it scored at least as much: where that row alerted, production blocks this one
+  too (the kernel compares scores to 1/65535, ``alert_level``; the view exactly, so that
+  no row below θ hides the first row at or above it). The view and production part in two ways:
+  - an earlier alert that scored less, within ``cooldown`` rows, blocks this row at every θ
+    up to its score, and the view keeps the row: it counts a detection production does
+    not make (mostly the second and later rows of a rising run of scores);
   - a kept row that production did not alert on (an earlier alert's cooldown blocked it)
     blocks this row in the view, where production, that cooldown over, alerts.
   No score per row can be exact: production's alerts at a higher θ are not a subset of
@@ -38,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detector.config import ScoringSettings
-from detector.stream.scoring import NO_PREDICTION, SCORED
+from detector.stream.scoring import NO_PREDICTION, SCORED, alert_level
 
 
 def _scored_rows(
@@ -63,7 +64,7 @@ def alert_view(
     score: NDArray[np.float64], status: NDArray[np.int8], scoring: ScoringSettings
 ) -> NDArray[np.float64]:
     """The rows of one stream in arrival order → their scores under the alert layer."""
-    k, n, cooldown = scoring.hysteresis_k, scoring.hysteresis_n, scoring.cooldown
+    k, n, window = scoring.hysteresis_k, scoring.hysteresis_n, scoring.escalation_window
     out = np.zeros(score.size, np.float64)
     recent: deque[float] = deque(maxlen=n)  # the last n scores (hysteresis history)
     kept: deque[tuple[int, float]] = deque()  # (scored index, score) of rows kept
@@ -78,7 +79,7 @@ def alert_view(
         if not warm or s <= 0.0:
             continue
         v = min(s, sorted(recent, reverse=True)[k - 1]) if len(recent) >= k else 0.0
-        while kept and j - kept[0][0] > cooldown:
+        while kept and j - kept[0][0] > window:
             kept.popleft()
         if v > 0.0 and all(w < v for _, w in kept):
             out[i] = v
@@ -93,20 +94,25 @@ def alerts_at(
     threshold: float,
 ) -> NDArray[np.bool_]:
     """The rows of one stream in arrival order → whether production alerts on each at
-    ``threshold`` (the kernel's step 5: warm-up, k of the last n at or above it, cooldown)."""
-    k, n, cooldown = scoring.hysteresis_k, scoring.hysteresis_n, scoring.cooldown
+    ``threshold`` (the kernel's step 5: warm-up, k of the last n at or above it, cooldown
+    and escalation)."""
+    k, n, window = scoring.hysteresis_k, scoring.hysteresis_n, scoring.escalation_window
+    escalate_below = window - scoring.cooldown
     out = np.zeros(score.size, np.bool_)
     recent: deque[bool] = deque(maxlen=n)  # whether each of the last n points exceeded
-    cooling = 0  # scored points left in the cooldown
+    left = 0  # scored points left in the last alert's escalation window
+    level = 0  # that alert's score, as the kernel keeps it
     for i, s, warm, restarted in _scored_rows(score, status, scoring.warmup):
         if restarted:
-            cooling = 0
+            left = 0
             recent.clear()
         exceeds = s >= threshold
         recent.append(exceeds)
-        if cooling > 0:
-            cooling -= 1
-        elif warm and exceeds and sum(recent) >= k:
+        was_left = left
+        left = max(left - 1, 0)
+        if not (warm and exceeds and sum(recent) >= k):
+            continue
+        if was_left == 0 or (was_left <= escalate_below and alert_level(s) > level):
             out[i] = True
-            cooling = cooldown
+            left, level = window, alert_level(s)
     return out

@@ -18,7 +18,10 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
         seen        points accepted since the stream started or was reset (int32; past
                     SEEN_LIMIT it steps back by a whole number of ring lengths)
         hist        bit k: the point k steps ago exceeded the threshold (uint32)
-        cooldown    points left before the stream may alert again (int32)
+        cooldown    points left of the last alert's escalation window (uint16): while
+                    more than escalation_window - cooldown are left the stream does not
+                    alert, then only on a score above alert_score (scoring, step 5)
+        alert_score the last alert's score, in 1/ALERT_SCORE_SCALE (uint16)
         season_mean (SEASON_BINS,) the daily profile: per bin of the time of day, the
                     EWMA of the normalised input, in 1/SEASON_MEAN_SCALE (int16)
         season_dev  (SEASON_BINS,) per bin, the EWMA of |x̃ - profile|, in
@@ -57,11 +60,11 @@ ring takes one line per TAIL points. Code that reads the ring calls
 ``flush_tail`` first (``ring_window``, ``ring_windows`` and the serialisers do), and code
 that writes it calls ``refill_tail`` after. ``h``, ``c`` and every record field are also
 attributes (NumPy views), e.g. ``table.seen[slot]``.
-Serialised rows (``stream_bytes``, ``to_bytes``; format version 6) hold every field above
+Serialised rows (``stream_bytes``, ``to_bytes``; format version 7) hold every field above
 but the tail (it is refilled from the ring), flags and last_seen, packed (_row_dtype),
-whatever the in-memory layout. Versions 2 to 5 are still read (their rings are rounded to
-half precision); version 2 has no x_min, x_max: the range restarts as the mean +-
-RESTORED_RANGE_STD std.
+whatever the in-memory layout. Versions 2 to 6 are still read (rings before 6 are rounded
+to half precision; a cooldown running before 7 stays a plain one); version 2 has no
+x_min, x_max: the range restarts as the mean +- RESTORED_RANGE_STD std.
 
 Stream ids live in a byte arena (UTF-8), found through an open-addressing hash table
 (linear probing on a seeded 64-bit hash, verified byte for byte, so distinct ids never
@@ -105,6 +108,10 @@ ERR_COLUMNS = 5
 SEASON_BINS = 16
 SEASON_MEAN_SCALE = 2048.0  # int16: x̃ in [-16, 16) to 1/2048 (x̃ is clipped to +-input_clip)
 SEASON_DEV_SCALE = 64.0  # uint8: 1/64 to 255/64
+# uint16: an alert's score in [0, 1] to 1/65535; with the cooldown count beside it in 16 bits
+# too, the pair fills the int32 the count alone took, and the record stays three lines.
+ALERT_SCORE_SCALE = 65535.0
+MAX_ESCALATION_WINDOW = 0xFFFF  # points: the cooldown count's uint16
 # Columns of the record's ``season``.
 SEASON_SHORT = 0  # short-term mean of the seasonal deviation u_t
 SEASON_MEAN = 1  # mean and variance of u_t (learn as ERR_MEAN and ERR_VAR do, same weights)
@@ -211,7 +218,8 @@ def record_dtype(layout: TableLayout) -> np.dtype:
         ("pick", f, ()),
         ("seen", np.dtype("<i4"), ()),
         ("hist", np.dtype("<u4"), ()),
-        ("cooldown", np.dtype("<i4"), ()),
+        ("cooldown", np.dtype("<u2"), ()),
+        ("alert_score", np.dtype("<u2"), ()),
         ("season_mean", np.dtype("<i2"), (SEASON_BINS,)),
         ("season_dev", np.dtype("u1"), (SEASON_BINS,)),
         ("season", f, (SEASON_COLUMNS,)),
@@ -229,10 +237,11 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
 
 
-def _row_dtype(layout: TableLayout, version: int = 6) -> np.dtype:
-    """One row as serialised: packed, little-endian, in this field order (format version 6;
-    version 5 has the ring in the table's float type, version 4 also lacks pick, version 3
-    also the seasonal fields, version 2 also x_min and x_max)."""
+def _row_dtype(layout: TableLayout, version: int = 7) -> np.dtype:
+    """One row as serialised: packed, little-endian, in this field order (format version 7;
+    version 6 has the cooldown count in an int32 and no alert_score, version 5 also the ring
+    in the table's float type, version 4 also lacks pick, version 3 also the seasonal
+    fields, version 2 also x_min and x_max)."""
     f = np.dtype(layout.dtype).newbyteorder("<")
     L, H, D = layout.layers, layout.hidden, layout.n_values
     value_range = [("x_min", f, (D,)), ("x_max", f, (D,))] if version >= 3 else []
@@ -261,7 +270,8 @@ def _row_dtype(layout: TableLayout, version: int = 6) -> np.dtype:
             ("seen", "<i8"),
             ("offset", "<i8"),
             ("hist", "<u4"),
-            ("cooldown", "<i4"),
+            *([("cooldown", "<u2"), ("alert_score", "<u2")] if version >= 7 else []),
+            *([("cooldown", "<i4")] if version < 7 else []),
             *seasonal,
             *([("pick", f)] if version >= 5 else []),
         ]
@@ -284,12 +294,13 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.generi
 
 # Versioned header of serialised state: magic, format version, the layout.
 _MAGIC = b"DST"
-# 6: the ring in float16; 5: pick; 4: the daily profile; 3: x_min, x_max; 2: offset, ring
-# marks, shared err columns.
-_VERSION = 6
+# 7: alert_score, the cooldown count in 16 bits; 6: the ring in float16; 5: pick; 4: the
+# daily profile; 3: x_min, x_max; 2: offset, ring marks, shared err columns.
+_VERSION = 7
 # Versions this build restores (older rings are rounded to half precision, older rows
-# restart with pick 0, and before 4 with an empty daily profile).
-_READS = (2, 3, 4, 5, 6)
+# restart with pick 0, and before 4 with an empty daily profile; before 7 a running
+# cooldown stays a plain one).
+_READS = (2, 3, 4, 5, 6, 7)
 # A version-2 row has no value range: it restarts as x_mean +- this many std, so a restored
 # stream does not call its first points "never seen".
 RESTORED_RANGE_STD = 4.0
@@ -842,8 +853,12 @@ class StreamStateTable:
         return self.rec["hist"]
 
     @property
-    def cooldown(self) -> NDArray[np.int32]:
+    def cooldown(self) -> NDArray[np.uint16]:
         return self.rec["cooldown"]
+
+    @property
+    def alert_score(self) -> NDArray[np.uint16]:
+        return self.rec["alert_score"]
 
     @property
     def pick(self) -> NDArray[np.floating]:
@@ -1159,6 +1174,10 @@ class StreamStateTable:
         self.ring[slots] = rows["ring"].astype(np.float32)
         self.seen[slots] = wrapped_seen(rows["seen"], self.layout.buffer_len)
         self.refill_tail(slots)
+        if "alert_score" not in names:  # format version 2 to 6: a plain cooldown
+            # runs out: nothing scores above the top, so the stream escalates on nothing.
+            self.cooldown[slots] = np.minimum(rows["cooldown"], MAX_ESCALATION_WINDOW)
+            self.alert_score[slots] = ALERT_SCORE_SCALE
         if "pick" not in names:  # format version 2 to 4: persistence until the model is better
             self.pick[slots] = 0
         if "season" not in names:  # format version 2 or 3: the daily profile starts empty

@@ -122,7 +122,7 @@ def test_nab_dev_scores_stay_above_a_floor() -> None:
     # the alert view and the scorer against regressions, not the tuning.
     settings = Settings(
         scoring=ScoringSettings(
-            mode="likelihood", short_span=5, min_error_std=0.3, warmup=200, cooldown=100
+            mode="likelihood", short_span=5, min_error_std=0.3, warmup=200, cooldown=20
         ),
         streams=StreamSettings(gap_policy="continue"),
         retraining=RetrainingSettings(enabled=False),
@@ -138,10 +138,15 @@ def test_nab_dev_scores_stay_above_a_floor() -> None:
     view, production = result.profiles["standard"], result.production["standard"]
     assert production.threshold == view.threshold
     assert production.normalised_score > 40.0
-    # alerts_at is the kernel's own decision: at the configured threshold, its alerts.
+    # alerts_at is the kernel's own decision: at the configured threshold, its alerts,
+    # escalations included (an alert within escalation_window points of the one before).
     theta = settings.scoring.threshold
+    escalations = 0
     for name, o in result.replay.outputs.items():
         got = alerts_at(o.score, o.status, settings.scoring, theta)
         assert np.array_equal(got, o.alert), name
+        at = np.flatnonzero(o.alert)
+        escalations += int((np.diff(at) <= settings.scoring.escalation_window).sum())
     assert sum(int(o.alert.sum()) for o in result.replay.outputs.values()) > 20
+    assert escalations >= 3
     assert result.replay.counters["points"] == 137_366

@@ -23,6 +23,7 @@ SEASON_ALPHA = 0.1
 SEASON_DEV_FLOOR = 0.25
 SEASON_MEAN_SCALE = 2048.0  # stored as int16 in 1/2048, round half up
 SEASON_DEV_SCALE = 64.0  # stored as uint8 in 1/64, at least 1 once visited
+NEVER = 1 << 62  # points since the last alert of a stream that has not alerted
 
 
 def ref_season_bin(ts: float) -> int:
@@ -108,7 +109,8 @@ class RefStream:
     last_ts: float = 0.0
     seen: int = 0
     history: list[bool] = field(init=False)
-    cooldown: int = 0
+    since_alert: int = NEVER  # points since the stream's last alert
+    alert_level: int = 0  # that alert's score in 1/65535, rounded down
     pick: float = 0.0  # EWMA of the model's error minus the persistence forecast's
     season_mean: list[int] = field(init=False)  # the daily profile, fixed point as stored
     season_dev: list[int] = field(init=False)  # 0: bin never visited
@@ -135,7 +137,8 @@ class RefStream:
         self.errors = []
         self.smooth = self.err_mean = self.err_var = self.short = self.eps = 0.0
         self.dt_mean = 0.0
-        self.err_count = self.seen = self.cooldown = 0
+        self.err_count = self.seen = 0
+        self.since_alert, self.alert_level = NEVER, 0
         self.pick = 0.0
         self.history = []
         self.season_mean = [0] * SEASON_BINS
@@ -324,11 +327,17 @@ class RefScorer:
                     s.season_u_var = (1 - a) * (s.season_u_var + a * delta * delta)
                     s.season_r2 += a * (season_r * season_r - s.season_r2)
             s.history = [*s.history, exceeds][-sc.hysteresis_n :]
-            if s.cooldown > 0:
-                s.cooldown -= 1
-            elif warm and exceeds and sum(s.history) >= sc.hysteresis_k:
+            s.since_alert += 1
+            level = math.floor(result.score * 65535)
+            if (
+                warm
+                and exceeds
+                and sum(s.history) >= sc.hysteresis_k
+                and s.since_alert > sc.cooldown
+                and (s.since_alert > sc.escalation_window or level > s.alert_level)
+            ):
                 result.alert = True
-                s.cooldown = sc.cooldown
+                s.since_alert, s.alert_level = 0, level
 
         a = max(1.0 / (s.seen + 1), self.alpha(st.norm_span))
         if first:

@@ -21,6 +21,7 @@ from detector.stream.scoring import (
     score_batch,
 )
 from detector.stream.state import (
+    MAX_ESCALATION_WINDOW,
     OFFSET_SET,
     SEEN_LIMIT,
     TAIL,
@@ -131,6 +132,16 @@ CASES = {
     "dynamic": dict(
         scoring=ScoringSettings(
             mode="dynamic", warmup=10, dynamic_window=32, dynamic_refresh=4, min_error_std=0.01
+        )
+    ),
+    "zscore-escalation": dict(  # a short cooldown, then only higher scores alert
+        scoring=ScoringSettings(
+            mode="zscore", warmup=10, threshold=0.08, cooldown=2, escalation_window=40
+        )
+    ),
+    "likelihood-plain-cooldown": dict(  # no escalation
+        scoring=ScoringSettings(
+            mode="likelihood", warmup=10, threshold=0.12, cooldown=10, escalation_window=10
         )
     ),
     "likelihood-no-novelty": dict(
@@ -257,6 +268,32 @@ def test_spike_on_a_steady_stream_alerts_once_past_warmup() -> None:
     assert np.all((out["score"] >= 0) & (out["score"] <= 1))
 
 
+@pytest.mark.parametrize("window", [5, 50])
+def test_after_the_cooldown_only_a_higher_score_alerts_until_the_window_ends(window: int) -> None:
+    """Cooldown 5: the stream is silent after an alert, even on a higher score (1.0 at 203).
+    Escalation window 50: then a lower score (206-220) does not alert, a higher one (221)
+    does, and once the window is over a lower one (280) does again. With a window of 5 (a
+    plain cooldown) every exceeding point after the cooldown alerts."""
+    scoring = ScoringSettings(
+        mode="zscore", warmup=50, threshold=0.2, novelty_scale=0.0, stats_learn_all=False,
+        cooldown=5, escalation_window=window,
+    )  # fmt: skip
+    table, params, config = make_group(scoring, StreamSettings(), dtype="float32", persistence=True)
+    rng = np.random.default_rng(0)
+    n = 400
+    values = (10 + rng.normal(0, 0.1, n)).reshape(n, 1)
+    for at, height in ((200, 1.0), (203, 2.0), (210, 0.8), (220, 5.0), (280, 1.0)):
+        values[at] += height
+    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    out = run_batches(table, params, config, ["a"] * n, ts, values, batch=64)
+    score = out["score"]
+    # The scores this test needs (all above 0.5: their alert levels fill the uint16)
+    assert score[203] > score[200] > score[206:221].max() >= 0.2
+    assert score[221] > score[200] > score[280] >= 0.2
+    alerts = np.flatnonzero(out["alert"]).tolist()
+    assert alerts == ([200, 221, 280] if window == 50 else [200, 206, 212, 220, 280])
+
+
 def test_no_alerts_during_warmup() -> None:
     scoring = ScoringSettings(mode="zscore", warmup=100)
     table, params, config = make_group(scoring, StreamSettings(), dtype="float32", persistence=True)
@@ -356,6 +393,14 @@ def test_persistence_lags_range_over_the_record_tail() -> None:
     for bad in (0, TAIL + 1):
         with pytest.raises(ValidationError, match="persistence_lags"):
             ScoringSettings(persistence_lags=bad)
+
+
+def test_cooldown_and_escalation_window_fit_the_records_uint16_count() -> None:
+    top = MAX_ESCALATION_WINDOW
+    assert ScoringSettings(cooldown=top, escalation_window=top).escalation_window == top
+    for key in ("cooldown", "escalation_window"):
+        with pytest.raises(ValidationError, match=key):
+            ScoringSettings(**{key: top + 1})
 
 
 @pytest.mark.parametrize("W", [1, 8, 256])

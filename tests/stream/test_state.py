@@ -253,7 +253,8 @@ def test_state_of_format_version_1_is_refused_by_name() -> None:
     table = StreamStateTable(LAYOUT, max_streams=10)
     table.slots(["a"], now=0.0)
     good = table.stream_bytes("a")
-    with pytest.raises(StateFormatError, match="version 1; this build reads 2 or 3 or 4 or 5 or 6"):
+    reads = "version 1; this build reads 2 or 3 or 4 or 5 or 6 or 7"
+    with pytest.raises(StateFormatError, match=reads):
         table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
 
 
@@ -336,3 +337,25 @@ def test_state_of_format_version_5_restores_its_ring_at_half_precision() -> None
     npt.assert_array_equal(table.tail[slot, 3:11, 0], half[np.arange(3, 11) % 8])
     window, _ = table.ring_window("a")  # inputs 3 .. 10 (W = 8), oldest first
     npt.assert_array_equal(window[:, 0], half[np.arange(3, 11) % 8].astype(np.float32))
+
+
+def test_state_of_format_version_6_keeps_its_cooldown_plain() -> None:
+    """Version 6 had no alert_score and its cooldown count in an int32: the count is kept
+    (at most the uint16's 65535 points) and nothing escalates before it runs out, as under
+    the plain cooldown that wrote it."""
+    from detector.stream.state import _HEADER, _row_dtype
+
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    slot = table.slots(["a"], now=0.0)[0]
+    table.seen[slot] = 7
+    table.cooldown[slot] = 80
+    table.alert_score[slot] = 30_000
+    table.restore_stream("a", table.stream_bytes("a"), now=0.0)
+    assert (table.cooldown[slot], table.alert_score[slot]) == (80, 30_000)  # version 7 keeps
+    table.restore_stream("a", _stream_bytes_of_version(table, "a", 6), now=0.0)
+    assert (table.seen[slot], table.cooldown[slot], table.alert_score[slot]) == (7, 80, 65_535)
+    v6 = _stream_bytes_of_version(table, "a", 6)
+    row = np.frombuffer(v6[_HEADER.size :], _row_dtype(LAYOUT, 6)).copy()
+    row["cooldown"] = 100_000  # a cooldown setting of the time: int32
+    table.restore_stream("a", v6[: _HEADER.size] + row.tobytes(), now=0.0)
+    assert table.cooldown[slot] == 65_535
