@@ -16,7 +16,8 @@ cooldown):
 * escalation: a row scores 0 when a row kept in the ``escalation_window`` scored rows
   before it scored at least as much: where that row alerted, production blocks this one
   too (the kernel compares scores to 1/65535, ``alert_level``; the view exactly, so that
-  no row below θ hides the first row at or above it). The view and production part in two ways:
+  no row below θ hides the first row at or above it). The view and production part in
+  two ways:
   - an earlier alert that scored less, within ``cooldown`` rows, blocks this row at every θ
     up to its score, and the view keeps the row: it counts a detection production does
     not make (mostly the second and later rows of a rising run of scores);

@@ -131,7 +131,7 @@ class Evaluation:
                 f"{r.tp_windows:4d} {r.fn_windows:4d} {r.fp_detections:6d}"
             )
         lines.append(
-            "production's own alerts at these thresholds (its cooldown exactly): "
+            "production's own alerts at these thresholds (cooldown and escalations exactly): "
             + ", ".join(
                 f"{name} {r.normalised_score:.2f} ({r.tp_windows} TP, {r.fp_detections} FP)"
                 for name, r in self.production.items()

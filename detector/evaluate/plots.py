@@ -1,8 +1,8 @@
 """One PNG per evaluated series: what the detector saw, said and missed.
 
 Top: the values and the model's predictions, the pipeline's alerts (at the configured
-threshold, after warm-up, hysteresis and cooldown) and the rows detected at the corpus
-threshold NAB chose. Bottom: the kernel's score, the anomaly score NAB sees (the alert
+threshold, after warm-up, hysteresis, cooldown and escalation) and the rows detected at the
+corpus threshold NAB chose. Bottom: the kernel's score, the anomaly score NAB sees (the alert
 layer's view, detector.evaluate.alert_view) and both thresholds. Labelled windows are shaded
 orange on both, NAB's probation period (not scored) grey.
 

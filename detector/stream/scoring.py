@@ -841,22 +841,15 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     left = int(rec_h[s, c_cooldown]) & 0xFFFF  # uint16 in an int16 column
                     if left > 0:
                         rec_h[s, c_cooldown] = left - 1
-                    level = alert_level(score[p])
-                    if (
-                        warm
-                        and exceeds
-                        and _popcount(history) >= hyst_k
-                        and (
-                            left == 0
-                            or (
-                                left <= escalate_below
-                                and level > (int(rec_h[s, c_alert_score]) & 0xFFFF)
-                            )
-                        )
-                    ):
-                        alert[p] = True
-                        rec_h[s, c_cooldown] = escalation
-                        rec_h[s, c_alert_score] = level
+                    if warm and exceeds and _popcount(history) >= hyst_k:
+                        level = alert_level(score[p])
+                        if left == 0 or (
+                            left <= escalate_below
+                            and level > (int(rec_h[s, c_alert_score]) & 0xFFFF)
+                        ):
+                            alert[p] = True
+                            rec_h[s, c_cooldown] = escalation
+                            rec_h[s, c_alert_score] = level
                 # 6. input statistics, the model input's calendar part, ring buffer, mark
                 a = _alpha(n + 1.0, norm_alpha, norm_span)
                 for d in range(D):
