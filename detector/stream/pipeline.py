@@ -525,6 +525,7 @@ class Pipeline:
             "error": _finite_or_none(float(scores.error[i])),
             "score": float(scores.score[i]),
             "threshold": self.threshold,
+            "escalation": bool(scores.escalated[i]),
             "mode": self.mode,
             "model_version": group.version,
             "instance": self.instance,

@@ -419,6 +419,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     gap,  # out (B,) int8
     score,  # out (B,) float64
     alert,  # out (B,) bool
+    escalated,  # out (B,) bool: an alert within the last one's escalation window
     predicted,  # out (B, D) float64: ŷ_t in the input's units (NaN without a prediction)
     error,  # out (B,) float64: e_t (NaN without a prediction)
 ):
@@ -608,6 +609,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 gap[p] = NO_GAP
                 score[p] = 0.0
                 alert[p] = False
+                escalated[p] = False
                 error[p] = np.nan
                 for d in range(D):
                     predicted[p, d] = np.nan
@@ -858,6 +860,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         and (left == 0 or _escalates(score[p], rec_h[s, c_alert_score]))
                     ):
                         alert[p] = True
+                        escalated[p] = left > 0
                         rec_h[s, c_cooldown] = escalation
                         rec_h[s, c_alert_score] = alert_level(score[p])
                     elif left > 0:
@@ -937,6 +940,7 @@ class BatchScores:
     gap: NDArray[np.int8]  # NO_GAP, GAP_RESET or GAP_CONTINUED
     score: NDArray[np.float64]
     alert: NDArray[np.bool_]
+    escalated: NDArray[np.bool_]  # an alert within the last one's escalation window
     predicted: NDArray[np.float64]  # (B, D)
     error: NDArray[np.float64]
 
@@ -947,6 +951,7 @@ class BatchScores:
             gap=np.empty(n, np.int8),
             score=np.empty(n, np.float64),
             alert=np.empty(n, np.bool_),
+            escalated=np.empty(n, np.bool_),
             predicted=np.empty((n, n_values), np.float64),
             error=np.empty(n, np.float64),
         )
@@ -1206,6 +1211,7 @@ def run_kernel(
             out.gap,
             out.score,
             out.alert,
+            out.escalated,
             out.predicted,
             out.error,
         )

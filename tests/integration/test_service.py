@@ -92,6 +92,7 @@ def assert_same_alerts(got: list[dict[str, Any]], expected: dict[str, dict[str, 
     for alert_id, alert in by_id.items():
         ref = expected[alert_id]
         assert alert["stream"] == ref["stream"] and alert["ts"] == ref["ts"]
+        assert alert["escalation"] == ref["escalation"]  # the cooldown state survives too
         assert alert["score"] == pytest.approx(ref["score"], rel=1e-4, abs=1e-5)
         assert alert["predicted"] == pytest.approx(ref["predicted"], rel=1e-4, abs=1e-4)
 

@@ -152,6 +152,7 @@ class RefResult:
     gap: str  # "", "reset", "continued"
     score: float = 0.0
     alert: bool = False
+    escalation: bool = False  # an alert within the last one's escalation window
     error: float = math.nan
     predicted: np.ndarray | None = None
 
@@ -337,6 +338,7 @@ class RefScorer:
                 and (s.since_alert > sc.escalation_window or level > s.alert_level)
             ):
                 result.alert = True
+                result.escalation = s.since_alert <= sc.escalation_window
                 s.since_alert, s.alert_level = 0, level
 
         a = max(1.0 / (s.seen + 1), self.alpha(st.norm_span))

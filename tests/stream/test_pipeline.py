@@ -57,9 +57,10 @@ def test_spikes_alert_with_a_complete_deterministic_document() -> None:
     assert a["time"] == "2023-11-15T02:23:20Z"  # T0 + 250 min
     assert set(a) == {
         "alert_id", "stream", "group", "ts", "time", "value", "predicted", "error", "score",
-        "threshold", "mode", "model_version", "instance",
+        "threshold", "escalation", "mode", "model_version", "instance",
     }  # fmt: skip
     assert a["group"] == "default" and a["model_version"] == "untrained"
+    assert a["escalation"] is False  # the stream's first alert
     assert a["instance"] == "test-1" and a["mode"] == "zscore" and a["threshold"] == 0.5
     assert a["score"] >= 0.5 and a["error"] > 0 and a["value"] > 80 and a["predicted"] < 60
     assert uuid.UUID(a["alert_id"]).version == 5

@@ -118,7 +118,8 @@ def run_batches(table, params, config, keys, ts, values, batch: int, offsets=Non
         out = score_batch(table, params, config, slots, ts[lo:hi], values[lo:hi], offs)
         results.append(out)
     cat = lambda name: np.concatenate([getattr(r, name) for r in results])  # noqa: E731
-    return {n: cat(n) for n in ("status", "gap", "score", "alert", "predicted", "error")}
+    names = ("status", "gap", "score", "alert", "escalated", "predicted", "error")
+    return {n: cat(n) for n in names}
 
 
 CASES = {
@@ -215,6 +216,7 @@ def test_kernel_equals_point_by_point_reference(case: str) -> None:
     npt.assert_array_equal(got["gap"], [GAPS[r.gap] for r in want])
     npt.assert_allclose(got["score"], [r.score for r in want], rtol=1e-7, atol=1e-9)
     npt.assert_array_equal(got["alert"], [r.alert for r in want])
+    npt.assert_array_equal(got["escalated"], [r.escalation for r in want])
     npt.assert_allclose(got["error"], [r.error for r in want], rtol=1e-7, atol=1e-9)
     ref_pred = [r.predicted if r.predicted is not None else np.full(D, np.nan) for r in want]
     npt.assert_allclose(got["predicted"], ref_pred, rtol=1e-7, atol=1e-9)
@@ -292,6 +294,7 @@ def test_after_the_cooldown_only_a_higher_score_alerts_until_the_window_ends(win
     assert score[221] > score[200] > score[280] >= 0.2
     alerts = np.flatnonzero(out["alert"]).tolist()
     assert alerts == ([200, 221, 280] if window == 50 else [200, 206, 212, 220, 280])
+    assert np.flatnonzero(out["escalated"]).tolist() == ([221] if window == 50 else [])
 
 
 def test_no_alerts_during_warmup() -> None:
