@@ -71,6 +71,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime as dt  # noqa: E402
 import gc  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
@@ -902,10 +903,11 @@ def main(argv: list[str] | None = None) -> int:
         print_table(list(sp1.items()))
         b1 = sp1["score_batch, batch of 1"]["median_us"]
         k1_us = sp1["score_kernel, batch of 1"]["median_us"]
+        n_args = len(inspect.signature(scoring.score_kernel.py_func).parameters)
         print(
             f"  batch of 1: {b1:.1f} µs per call, of which the wrapper's checks "
-            f"{b1 - k1_us:.1f} and the kernel call (Numba dispatch of 25 arguments + one "
-            f"point) {k1_us:.1f}"
+            f"{b1 - k1_us:.1f} and the kernel call (Numba dispatch of {n_args} arguments + "
+            f"one point) {k1_us:.1f}"
         )
         if malloc_initial is not None:
             g = malloc_initial.stats()
