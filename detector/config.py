@@ -99,7 +99,8 @@ class ScoringSettings(_Section):
         ge=0,
         le=65_535,
         description="points after an alert (its cooldown included) in which the stream "
-        "alerts again only on a higher score than that alert's; equal to cooldown: none",
+        "alerts again only on a higher score than that alert's; at most the cooldown: none "
+        "(a plain cooldown)",
     )
     novelty_scale: float = Field(
         0.02,
@@ -147,17 +148,16 @@ class ScoringSettings(_Section):
     )
 
     @model_validator(mode="after")
-    def _k_of_n(self) -> ScoringSettings:
+    def _alert_rule(self) -> ScoringSettings:
         if self.hysteresis_k > self.hysteresis_n:
             raise ValueError(
                 f"hysteresis_k ({self.hysteresis_k}) must not exceed hysteresis_n "
                 f"({self.hysteresis_n})"
             )
         if self.escalation_window < self.cooldown:
-            raise ValueError(
-                f"escalation_window ({self.escalation_window}) must not be shorter than "
-                f"cooldown ({self.cooldown}), which it includes"
-            )
+            # No escalation, a plain cooldown: also what a config written before the window
+            # existed meant by a cooldown longer than the window's default.
+            object.__setattr__(self, "escalation_window", self.cooldown)
         return self
 
 

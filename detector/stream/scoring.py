@@ -70,10 +70,11 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    exceeded, and its last alert is more than ``escalation_window`` points back, or more
    than ``cooldown`` points back and scored less than this point (an escalation: the
    stream got worse). So after an alert the stream is silent for ``cooldown`` points, and
-   until ``escalation_window`` only a higher score alerts: an ordinary noisy stream alerts
-   once per episode, and a false alert does not hide a worse anomaly behind a long
-   cooldown (on nab-dev a hard cooldown of 100 points hid 2 windows from production's own
-   alerts; this rule scored 2.5 NAB points higher on them).
+   until ``escalation_window`` only a higher score alerts (flagged ``escalated``): an
+   ordinary noisy stream alerts once per episode, and a false alert does not hide a worse
+   anomaly behind a long cooldown (on nab-dev a plain cooldown of 100 points hid 2 labelled
+   windows; production's own alerts score 2.5 NAB points higher under this rule: README,
+   Evaluation).
 6. The input statistics learn x_t, robustly: a deviation beyond norm_clip std counts as
    norm_clip std; the range [lo, hi] widens to take x_t in (done in the first pass).
    The model input [x̃_t, calendar features] enters the ring buffer (through the record's
