@@ -113,7 +113,8 @@ def alerts_at(
         left = max(left - 1, 0)
         if not (warm and exceeds and sum(recent) >= k):
             continue
-        if was_left == 0 or (was_left <= escalate_below and alert_level(s) > level):
+        this = alert_level(s)
+        if was_left == 0 or (was_left <= escalate_below and this > level):
             out[i] = True
-            left, level = window, alert_level(s)
+            left, level = window, this
     return out

@@ -190,17 +190,17 @@ def evaluate(
         for name, o in replayed.outputs.items()
     }
     profiles = score_corpus(scores, windows, PROFILES.values())
+    alerts = {  # once per threshold: the profiles often share one
+        theta: {
+            file: alerts_at(o.score, o.status, settings.scoring, theta)
+            for file, o in replayed.outputs.items()
+        }
+        for theta in {r.threshold for r in profiles.values()}
+    }
     production = {
         name: replace(
-            score_corpus_at_threshold(
-                {
-                    file: alerts_at(o.score, o.status, settings.scoring, r.threshold)
-                    for file, o in replayed.outputs.items()
-                },
-                windows,
-                r.profile,
-                1.0,  # an alert's row is True (1.0), every other row 0.0
-            ),
+            # an alert's row is True (1.0), every other row 0.0
+            score_corpus_at_threshold(alerts[r.threshold], windows, r.profile, 1.0),
             threshold=r.threshold,
         )
         for name, r in profiles.items()

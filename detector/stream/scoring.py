@@ -311,7 +311,7 @@ def _reset_row(s, rec_f, rec_w, rec_h, rec_b, cols, hc, ring, marks, err_ring, f
 def alert_level(score: float) -> int:  # pragma: no cover - jitted
     """An alert's score as the uint16 the record keeps (round down): a later point
     escalates when its own level is higher (alert_view.alerts_at uses this one too)."""
-    return min(max(math.floor(score * ALERT_SCORE_SCALE), 0), 65535)
+    return min(max(math.floor(score * ALERT_SCORE_SCALE), 0), int(ALERT_SCORE_SCALE))
 
 
 @njit(**_KERNEL)

@@ -1167,8 +1167,10 @@ class StreamStateTable:
 
     def _unpack_rows(self, slots: NDArray[np.int64], rows: NDArray[np.void]) -> None:
         names = rows.dtype.names or ()
+        # Converted below, each written once (the cooldown count of format 2 to 6 is int32).
+        converted = {"ring", "seen"} | ({"cooldown"} if "alert_score" not in names else set())
         for name in names:
-            if name not in ("ring", "seen"):  # converted below, each written once
+            if name not in converted:
                 getattr(self, name)[slots] = rows[name]
         # Before version 6, rings in float64 too: half precision through float32 (half.py).
         self.ring[slots] = rows["ring"].astype(np.float32)
