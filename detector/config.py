@@ -85,7 +85,7 @@ class ScoringSettings(_Section):
         "warm-up (as Numenta's anomaly likelihood does); false: not from points that exceed the "
         "threshold once the stream is warm",
     )
-    min_error_std: float = Field(0.5, gt=0, description="floor of the error spread")
+    min_error_std: float = Field(0.3, gt=0, description="floor of the error spread")
     short_span: int = Field(8, ge=1, description="likelihood: span of the short-term mean")
     dynamic_window: int = Field(256, ge=8, le=65_536, description="dynamic: errors per window")
     dynamic_refresh: int = Field(16, ge=1, description="dynamic: points between recomputations")
