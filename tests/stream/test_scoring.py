@@ -278,7 +278,7 @@ def test_after_the_cooldown_only_a_higher_score_alerts_until_the_window_ends(win
     plain cooldown) every exceeding point after the cooldown alerts."""
     scoring = ScoringSettings(
         mode="zscore", warmup=50, threshold=0.2, novelty_scale=0.0, stats_learn_all=False,
-        cooldown=5, escalation_window=window,
+        cooldown=5, escalation_window=window, min_error_std=0.5,  # the scores the steps need
     )  # fmt: skip
     table, params, config = make_group(scoring, StreamSettings(), dtype="float32", persistence=True)
     rng = np.random.default_rng(0)
@@ -500,7 +500,9 @@ def test_novelty_scores_a_value_never_seen_once() -> None:
     ts = 1_700_000_000.0 + 60.0 * np.arange(n)
     scores = {}
     for scale in (0.0, 0.02):
-        scoring = ScoringSettings(mode="likelihood", warmup=50, novelty_scale=scale)
+        scoring = ScoringSettings(
+            mode="likelihood", warmup=50, novelty_scale=scale, min_error_std=0.5
+        )
         table, params, config = make_group(scoring, StreamSettings(), persistence=True)
         scores[scale] = run_batches(table, params, config, ["a"] * n, ts, values, 64)["score"]
         assert np.all((scores[scale] >= 0) & (scores[scale] <= 1))
