@@ -502,7 +502,7 @@ def test_novelty_scores_a_value_never_seen_once() -> None:
     for scale in (0.0, 0.02):
         scoring = ScoringSettings(
             mode="likelihood", warmup=50, novelty_scale=scale, min_error_std=0.5
-        )
+        )  # the floor the error-score bounds below were set for
         table, params, config = make_group(scoring, StreamSettings(), persistence=True)
         scores[scale] = run_batches(table, params, config, ["a"] * n, ts, values, 64)["score"]
         assert np.all((scores[scale] >= 0) & (scores[scale] <= 1))
