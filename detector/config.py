@@ -90,8 +90,9 @@ class ScoringSettings(_Section):
     dynamic_window: int = Field(256, ge=8, le=65_536, description="dynamic: errors per window")
     dynamic_refresh: int = Field(16, ge=1, description="dynamic: points between recomputations")
     dynamic_prune: float = Field(0.13, ge=0, lt=1, description="dynamic: minimum decrease p")
-    hysteresis_k: int = Field(1, ge=1, le=32, description="alert when k of the last n exceed")
-    hysteresis_n: int = Field(1, ge=1, le=32)
+    # The record keeps the last hysteresis_n decisions in 16 bits (detector.stream.state).
+    hysteresis_k: int = Field(1, ge=1, le=16, description="alert when k of the last n exceed")
+    hysteresis_n: int = Field(1, ge=1, le=16)
     # The kernel counts both down in a uint16 record field (state.MAX_ESCALATION_WINDOW).
     cooldown: int = Field(20, ge=0, le=65_535, description="points after an alert without another")
     escalation_window: int = Field(
@@ -170,6 +171,20 @@ class StreamSettings(_Section):
         5.0, gt=0, description="deviations beyond this many std move the statistics no further"
     )
     input_clip: float = Field(10.0, gt=0, description="normalised inputs are clipped to +-this")
+    # The run's inputs are re-expressed in the record's tail, which holds the last 32
+    # (detector.stream.state.TAIL).
+    level_shift_points: int = Field(
+        24,
+        ge=0,
+        le=32,
+        description="a run of this many consecutive points beyond level_shift_std standard "
+        "deviations on one side, started by a value beyond the stream's earlier range by more "
+        "than that, after its first day, is a level shift: the input mean jumps to the run's "
+        "last value (one value per point); 0: off (the mean follows at the EWMA's pace)",
+    )
+    level_shift_std: float = Field(
+        3.0, gt=0, description="how far (in std) a point of a level-shift run lies from the mean"
+    )
     min_std: float = Field(1e-6, gt=0, description="floor of a stream's standard deviation")
     max_streams: int = Field(1_000_000, ge=1, description="per group and partition")
     idle_ttl_s: float = Field(
@@ -179,6 +194,16 @@ class StreamSettings(_Section):
         10.0, gt=1, description="a gap is longer than this many usual intervals"
     )
     gap_policy: Literal["reset", "continue"] = "continue"
+
+    @model_validator(mode="after")
+    def _shift_inside_clip(self) -> StreamSettings:
+        if self.level_shift_points and self.level_shift_std >= self.input_clip:
+            # The run is counted on the clipped normalised input.
+            raise ValueError(
+                f"level_shift_std ({self.level_shift_std}) must be less than input_clip "
+                f"({self.input_clip})"
+            )
+        return self
 
 
 class GroupSettings(_Section):

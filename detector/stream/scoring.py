@@ -77,6 +77,19 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    Evaluation).
 6. The input statistics learn x_t, robustly: a deviation beyond norm_clip std counts as
    norm_clip std; the range [lo, hi] widens to take x_t in (done in the first pass).
+   Unless x_t ends a level shift (one value per point, ``level_shift_points`` B > 0): the
+   stream counts a run of points with x̃ beyond +-``level_shift_std`` (K) on one side,
+   started only by a value beyond the earlier range [lo, hi] by more than K std, once the
+   stream has run a day (so a recurring excursion starts none once seen, nor does a
+   noise extreme at the range's edge, nor the first day's phases of a daily cycle); its
+   B-th point moves the mean to x_t (the variance stays) and re-expresses the run's
+   inputs relative to its own (x̃_i - x̃_t; x̃_t becomes 0) in the tail and the ring, so
+   that persistence and the model see the new level, not a jump. Why: clipped at
+   norm_clip std, each point of a shift multiplies the variance by about 1 + a
+   norm_clip² (a the EWMA weight) until the mean has caught up, which at a shift of 30
+   std takes days; all the while every error is small in input units, and the stream is
+   blind (README, Scoring). The inflated variance is kept: resetting it, or freezing it
+   during a run, scored lower on nab-dev.
    The model input [x̃_t, calendar features] enters the ring buffer (through the record's
    tail, which is copied into the ring TAIL inputs at a time), with a mark when
    the point exceeded (retraining leaves marked inputs out; not by the seasonal score
@@ -202,7 +215,9 @@ C_SEASON_WARMUP = 23
 C_PICK_ALPHA = 24
 C_PERSIST_LAGS = 25
 C_ESCALATION = 26
-N_CONFIG = 27
+C_SHIFT_POINTS = 27
+C_SHIFT_STD = 28
+N_CONFIG = 29
 
 # The seasonal score's fixed constants (module docstring).
 SEASON_ALPHA = 0.1  # EWMA weight of a bin's mean and deviation per visit
@@ -242,6 +257,8 @@ class ScoringConfig:
         v[C_NORM_ALPHA] = span_alpha(streams.norm_span)
         v[C_NORM_CLIP] = streams.norm_clip
         v[C_INPUT_CLIP] = streams.input_clip
+        v[C_SHIFT_POINTS] = streams.level_shift_points
+        v[C_SHIFT_STD] = streams.level_shift_std
         v[C_MIN_STD] = streams.min_std
         v[C_GAP_FACTOR] = streams.gap_factor
         v[C_GAP_RESET] = streams.gap_policy == "reset"
@@ -290,7 +307,8 @@ def _reset_row(s, rec_f, rec_w, rec_h, rec_b, cols, hc, ring, marks, err_ring, f
         rec_f[s, cols[F_PRED] + d] = 0.0
         rec_f[s, cols[F_X_MIN] + d] = 0.0
         rec_f[s, cols[F_X_MAX] + d] = 0.0
-    rec_w[s, cols[F_HIST]] = 0
+    rec_h[s, cols[F_HIST]] = 0
+    rec_b[s, cols[F_SHIFT_RUN]] = 0
     rec_h[s, cols[F_COOLDOWN]] = 0  # so alert_score is not read before it is written again
     rec_f[s, cols[F_PICK]] = 0.0
     for k in range(SEASON_BINS):
@@ -337,6 +355,39 @@ def _season_dev_q(v: float) -> int:  # pragma: no cover - jitted
 
 
 @njit(**_KERNEL)
+def _shift_run_step(run: int, xn: float, starts: bool, bound: float) -> int:  # pragma: no cover
+    """A stream's level-shift run after a point whose normalised input is xn: one more
+    point beyond +-bound on the run's side, a new run only where the point ``starts`` one
+    (far outside the stream's earlier range, after its first day), else none."""
+    if xn > bound:
+        return run + 1 if run > 0 else (1 if starts else 0)
+    if xn < -bound:
+        return run - 1 if run < 0 else (-1 if starts else 0)
+    return 0
+
+
+@njit(**_KERNEL)
+def _rebase_run(x_chunk, j, rec_h, ring, s, c_tail, n, length, clip):  # type: ignore[no-untyped-def]  # pragma: no cover
+    """A level shift at the stream's point n, the last of a run of ``length`` (D == 1):
+    the run's inputs become relative to this one's, x̃_i - x̃_n (clipped, half precision;
+    this one 0), in the tail, in the ring where already copied there (so that a restore
+    refills the same), and in the chunk the LSTM steps on. Relative to the last input, not
+    by the shift of the mean: inputs beyond +-clip lost how far beyond they were, and a run
+    is level, so they are near it."""
+    last = float(x_chunk[j, 0])
+    x_chunk[j, 0] = 0.0
+    W, n_in = ring.shape[1], ring.shape[2]
+    copied = (n - 1) // TAIL * TAIL  # the inputs before this one are in the ring
+    for k in range(1, length):
+        i = n - k
+        at = c_tail + (i % TAIL) * n_in
+        moved = min(max(float(half_value(rec_h[s, at])) - last, -clip), clip)
+        rec_h[s, at] = half_bits(moved)
+        if i < copied and k <= W:
+            ring[s, i % W, 0] = rec_h[s, at]
+
+
+@njit(**_KERNEL)
 def _popcount(v: int) -> int:  # pragma: no cover - jitted
     n = 0
     while v:
@@ -370,8 +421,8 @@ def scratch_sizes(B: int, shape: ModelShape, E: int):  # type: ignore[no-untyped
         + _pad(CHUNK * K)  # q
     )
     ints = 2 * B + 4 * CHUNK  # this wave, next wave; steps, points, ns, kind
-    doubles = 9 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, novel,
-    # s_z, s_u, s_r, s_tail, cal, run_max
+    doubles = 10 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, novel,
+    # s_z, s_u, s_r, s_tail, far_out, cal, run_max
     return floats, ints + doubles
 
 
@@ -476,6 +527,9 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     novelty_scale = cfg[C_NOVELTY]
     novelty = novelty_scale > 0.0
     pick_alpha = cfg[C_PICK_ALPHA]  # 0: the model's forecast always
+    shift_points = int(cfg[C_SHIFT_POINTS])
+    shift_std = cfg[C_SHIFT_STD]
+    level_shifts = shift_points > 0 and D == 1
     persist_lags = int(cfg[C_PERSIST_LAGS])
     persisted = np.empty(D, np.float64)  # a point's persistence forecast, raw units
     in_mean = np.empty(D, np.float64)  # the point's normalisation, per value
@@ -497,6 +551,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     c_last_ts, c_seen = cols[F_LAST_TS], cols[F_SEEN]
     c_err, c_xmean, c_xvar, c_pred = cols[F_ERR], cols[F_X_MEAN], cols[F_X_VAR], cols[F_PRED]
     c_hist, c_cooldown, c_pick = cols[F_HIST], cols[F_COOLDOWN], cols[F_PICK]
+    c_run = cols[F_SHIFT_RUN]
     c_alert_score = cols[F_ALERT_SCORE]
     c_xmin, c_xmax = cols[F_X_MIN], cols[F_X_MAX]
     c_smean, c_sdev, c_season = cols[F_SEASON_MEAN], cols[F_SEASON_DEV], cols[F_SEASON]
@@ -535,8 +590,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     s_u = f64[6 * C : 7 * C]  # seasonal: u_t (_NO_SEASON: none, nothing to learn)
     s_r = f64[7 * C : 8 * C]  # seasonal: |x̃_t - m_b|
     s_tail = f64[8 * C : 9 * C]
-    cal = f64[9 * C : 9 * C + CALENDAR_FEATURES]
-    run_max = f64[9 * C + CALENDAR_FEATURES : 9 * C + CALENDAR_FEATURES + E // 2 + 2]
+    far_out = f64[9 * C : 10 * C]  # 1.0: the value lies beyond the stream's earlier range
+    # by more than level_shift_std std (a level-shift run starts only on such a point)
+    cal = f64[10 * C : 10 * C + CALENDAR_FEATURES]
+    run_max = f64[10 * C + CALENDAR_FEATURES : 10 * C + CALENDAR_FEATURES + E // 2 + 2]
 
     rec_stride = rec_q.strides[0]
     # The lines of a record to prefetch ahead: up to the tail (whose line the point writes
@@ -648,6 +705,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 # outside the range of earlier values x_t lies (r), and the range takes it in
                 sq = 0.0
                 r = 0.0
+                far = False
                 for d in range(D):
                     mu = float(rec_f[s, c_xmean + d])
                     sd = max(math.sqrt(float(rec_f[s, c_xvar + d])), min_std)
@@ -660,6 +718,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     outside = max(v - up, lo - v)
                     if outside > 0.0:
                         r = max(r, outside / max(up - lo, min_std))
+                        far = far or outside > shift_std * sd
                         rec_f[s, c_xmin + d] = min(lo, v)
                         rec_f[s, c_xmax + d] = max(up, v)
                     elif n == 0:
@@ -699,6 +758,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 s_z[m] = -40.0
                 s_u[m] = _NO_SEASON
                 novel[m] = r if n > 0 and novelty else 0.0
+                far_out[m] = 1.0 if far else 0.0
                 if n == 0:
                     status[p] = NO_PREDICTION
                 else:
@@ -848,9 +908,9 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                             )
                             r2 = float(rec_f[s, c_season + SEASON_R2])
                             rec_f[s, c_season + SEASON_R2] = r2 + a * (s_r[j] * s_r[j] - r2)
-                    hist = int(rec_w[s, c_hist]) & 0xFFFFFFFF  # uint32 bits in an int32 column
+                    hist = int(rec_h[s, c_hist]) & 0xFFFF  # uint16 bits in an int16 column
                     history = ((hist << 1) | (1 if exceeds else 0)) & hyst_mask
-                    rec_w[s, c_hist] = history
+                    rec_h[s, c_hist] = history
                     left = int(rec_h[s, c_cooldown]) & 0xFFFF  # uint16 in an int16 column
                     if left > escalate_below:  # within the cooldown proper
                         rec_h[s, c_cooldown] = left - 1
@@ -866,18 +926,32 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         rec_h[s, c_alert_score] = alert_level(score[p])
                     elif left > 0:
                         rec_h[s, c_cooldown] = left - 1
-                # 6. input statistics, the model input's calendar part, ring buffer, mark
-                a = _alpha(n + 1.0, norm_alpha, norm_span)
-                for d in range(D):
-                    mu = float(rec_f[s, c_xmean + d])
-                    var = float(rec_f[s, c_xvar + d])
-                    v = float(stored(values[p, d]))
-                    delta = v - mu if n > 0 else 0.0
-                    if var > 0.0:
-                        bound = norm_clip * math.sqrt(var)
-                        delta = min(max(delta, -bound), bound)
-                    rec_f[s, c_xmean + d] = v if n == 0 else mu + a * delta
-                    rec_f[s, c_xvar + d] = (1.0 - a) * (var + a * delta * delta)
+                # 6. input statistics (or a level shift), the model input's calendar part,
+                # ring buffer, mark
+                shift = False
+                if level_shifts and n > 0:
+                    was = int(rec_b[s, c_run])
+                    starts = far_out[j] != 0.0 and n * float(rec_f[s, c_err + DT_MEAN]) >= _DAY
+                    run = _shift_run_step(
+                        was - 256 if was >= 128 else was, x_chunk[j, 0], starts, shift_std
+                    )
+                    shift = abs(run) >= shift_points
+                    rec_b[s, c_run] = 0 if shift else run & 0xFF
+                if shift:  # the mean jumps to the new level, the variance stays
+                    rec_f[s, c_xmean] = float(stored(values[p, 0]))
+                    _rebase_run(x_chunk, j, rec_h, ring, s, c_tail, n, shift_points, input_clip)
+                else:
+                    a = _alpha(n + 1.0, norm_alpha, norm_span)
+                    for d in range(D):
+                        mu = float(rec_f[s, c_xmean + d])
+                        var = float(rec_f[s, c_xvar + d])
+                        v = float(stored(values[p, d]))
+                        delta = v - mu if n > 0 else 0.0
+                        if var > 0.0:
+                            bound = norm_clip * math.sqrt(var)
+                            delta = min(max(delta, -bound), bound)
+                        rec_f[s, c_xmean + d] = v if n == 0 else mu + a * delta
+                        rec_f[s, c_xvar + d] = (1.0 - a) * (var + a * delta * delta)
                 if calendar:
                     calendar_features(ts[p], cal)
                     for jj in range(CALENDAR_FEATURES):
@@ -986,13 +1060,14 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
     F_X_MIN,
     F_X_MAX,
     F_HIST,
+    F_SHIFT_RUN,
     F_COOLDOWN,
     F_ALERT_SCORE,
     F_SEASON_MEAN,
     F_SEASON_DEV,
     F_SEASON,
     F_TAIL,
-) = range(16)
+) = range(17)
 _FIELD_VIEWS = (
     ("last_ts", 8),
     ("seen", 4),
@@ -1003,7 +1078,8 @@ _FIELD_VIEWS = (
     ("pred", 0),
     ("x_min", 0),
     ("x_max", 0),
-    ("hist", 4),
+    ("hist", 2),  # uint16, read through the int16 view
+    ("shift_run", 1),  # int8, read through the uint8 view
     ("cooldown", 2),  # uint16, read through the int16 view
     ("alert_score", 2),  # uint16, as cooldown
     ("season_mean", 2),

@@ -17,7 +17,11 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
                     error is the model's while it is negative (scoring.persistence_span)
         seen        points accepted since the stream started or was reset (int32; past
                     SEEN_LIMIT it steps back by a whole number of ring lengths)
-        hist        bit k: the point k steps ago exceeded the threshold (uint32)
+        hist        bit k: the point k steps ago exceeded the threshold (uint16)
+        shift_run   the stream's level-shift run (int8): +-points in a row beyond
+                    streams.level_shift_std std above (+) or below (-) the mean, counted
+                    from a value far outside the stream's earlier range; 0: none (scoring,
+                    step 6)
         cooldown    points left of the last alert's escalation window (uint16): while
                     more than escalation_window - cooldown are left the stream does not
                     alert, then only on a score above alert_score (scoring, step 5)
@@ -60,11 +64,12 @@ ring takes one line per TAIL points. Code that reads the ring calls
 ``flush_tail`` first (``ring_window``, ``ring_windows`` and the serialisers do), and code
 that writes it calls ``refill_tail`` after. ``h``, ``c`` and every record field are also
 attributes (NumPy views), e.g. ``table.seen[slot]``.
-Serialised rows (``stream_bytes``, ``to_bytes``; format version 7) hold every field above
+Serialised rows (``stream_bytes``, ``to_bytes``; format version 8) hold every field above
 but the tail (it is refilled from the ring), flags and last_seen, packed (_row_dtype),
-whatever the in-memory layout. Versions 2 to 6 are still read (rings before 6 are rounded
-to half precision; a cooldown running before 7 stays a plain one); version 2 has no
-x_min, x_max: the range restarts as the mean +- RESTORED_RANGE_STD std.
+whatever the in-memory layout. Versions 2 to 7 are still read (rings before 6 are rounded
+to half precision; a cooldown running before 7 stays a plain one; before 8 hist had 32
+bits, of which the low 16 are kept, and no level-shift run is under way); version 2 has
+no x_min, x_max: the range restarts as the mean +- RESTORED_RANGE_STD std.
 
 Stream ids live in a byte arena (UTF-8), found through an open-addressing hash table
 (linear probing on a seeded 64-bit hash, verified byte for byte, so distinct ids never
@@ -217,7 +222,8 @@ def record_dtype(layout: TableLayout) -> np.dtype:
         ("x_max", f, (D,)),
         ("pick", f, ()),
         ("seen", np.dtype("<i4"), ()),
-        ("hist", np.dtype("<u4"), ()),
+        ("hist", np.dtype("<u2"), ()),
+        ("shift_run", np.dtype("i1"), ()),
         ("cooldown", np.dtype("<u2"), ()),
         ("alert_score", np.dtype("<u2"), ()),
         ("season_mean", np.dtype("<i2"), (SEASON_BINS,)),
@@ -237,11 +243,11 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
 
 
-def _row_dtype(layout: TableLayout, version: int = 7) -> np.dtype:
-    """One row as serialised: packed, little-endian, in this field order (format version 7;
-    version 6 has the cooldown count in an int32 and no alert_score, version 5 also the ring
-    in the table's float type, version 4 also lacks pick, version 3 also the seasonal
-    fields, version 2 also x_min and x_max)."""
+def _row_dtype(layout: TableLayout, version: int = 8) -> np.dtype:
+    """One row as serialised: packed, little-endian, in this field order (format version 8;
+    version 7 has hist in a uint32 and no shift_run, version 6 also the cooldown count in an
+    int32 and no alert_score, version 5 also the ring in the table's float type, version 4
+    also lacks pick, version 3 also the seasonal fields, version 2 also x_min and x_max)."""
     f = np.dtype(layout.dtype).newbyteorder("<")
     L, H, D = layout.layers, layout.hidden, layout.n_values
     value_range = [("x_min", f, (D,)), ("x_max", f, (D,))] if version >= 3 else []
@@ -269,7 +275,7 @@ def _row_dtype(layout: TableLayout, version: int = 7) -> np.dtype:
             ("last_ts", "<f8"),
             ("seen", "<i8"),
             ("offset", "<i8"),
-            ("hist", "<u4"),
+            *([("hist", "<u2"), ("shift_run", "i1")] if version >= 8 else [("hist", "<u4")]),
             *([("cooldown", "<u2"), ("alert_score", "<u2")] if version >= 7 else []),
             *([("cooldown", "<i4")] if version < 7 else []),
             *seasonal,
@@ -294,13 +300,14 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.generi
 
 # Versioned header of serialised state: magic, format version, the layout.
 _MAGIC = b"DST"
-# 7: alert_score, the cooldown count in 16 bits; 6: the ring in float16; 5: pick; 4: the
-# daily profile; 3: x_min, x_max; 2: offset, ring marks, shared err columns.
-_VERSION = 7
+# 8: shift_run, hist in 16 bits; 7: alert_score, the cooldown count in 16 bits; 6: the ring
+# in float16; 5: pick; 4: the daily profile; 3: x_min, x_max; 2: offset, ring marks, shared
+# err columns.
+_VERSION = 8
 # Versions this build restores (older rings are rounded to half precision, older rows
 # restart with pick 0, and before 4 with an empty daily profile; before 7 a running
-# cooldown stays a plain one).
-_READS = (2, 3, 4, 5, 6, 7)
+# cooldown stays a plain one; before 8 no level-shift run is under way).
+_READS = (2, 3, 4, 5, 6, 7, 8)
 # A version-2 row has no value range: it restarts as x_mean +- this many std, so a restored
 # stream does not call its first points "never seen".
 RESTORED_RANGE_STD = 4.0
@@ -849,8 +856,12 @@ class StreamStateTable:
         return self.rec["x_max"]
 
     @property
-    def hist(self) -> NDArray[np.uint32]:
+    def hist(self) -> NDArray[np.uint16]:
         return self.rec["hist"]
+
+    @property
+    def shift_run(self) -> NDArray[np.int8]:
+        return self.rec["shift_run"]
 
     @property
     def cooldown(self) -> NDArray[np.uint16]:
@@ -1167,15 +1178,22 @@ class StreamStateTable:
 
     def _unpack_rows(self, slots: NDArray[np.int64], rows: NDArray[np.void]) -> None:
         names = rows.dtype.names or ()
-        # Converted below, each written once (the cooldown count of format 2 to 6 is int32).
-        converted = {"ring", "seen"} | ({"cooldown"} if "alert_score" not in names else set())
+        # Converted below, each written once (the cooldown count of format 2 to 6 is int32,
+        # hist of 2 to 7 uint32).
+        converted = {"ring", "seen", "hist"} | (
+            {"cooldown"} if "alert_score" not in names else set()
+        )
         for name in names:
             if name not in converted:
                 getattr(self, name)[slots] = rows[name]
         # Before version 6, rings in float64 too: half precision through float32 (half.py).
         self.ring[slots] = rows["ring"].astype(np.float32)
         self.seen[slots] = wrapped_seen(rows["seen"], self.layout.buffer_len)
+        # Before version 8 in 32 bits: hysteresis_n is now at most 16.
+        self.hist[slots] = rows["hist"] & 0xFFFF
         self.refill_tail(slots)
+        if "shift_run" not in names:  # format version 2 to 7: no level-shift run under way
+            self.shift_run[slots] = 0
         if "alert_score" not in names:  # format version 2 to 6: a plain cooldown
             # runs out: nothing scores above the top, so the stream escalates on nothing.
             self.cooldown[slots] = np.minimum(rows["cooldown"], MAX_ESCALATION_WINDOW)

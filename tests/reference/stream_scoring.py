@@ -112,6 +112,7 @@ class RefStream:
     since_alert: int = NEVER  # points since the stream's last alert
     alert_level: int = 0  # that alert's score in 1/65535, rounded down
     pick: float = 0.0  # EWMA of the model's error minus the persistence forecast's
+    shift_run: int = 0  # +-points in a row beyond level_shift_std, from a value far outside
     season_mean: list[int] = field(init=False)  # the daily profile, fixed point as stored
     season_dev: list[int] = field(init=False)  # 0: bin never visited
     season_short: float = 0.0
@@ -140,6 +141,7 @@ class RefStream:
         self.err_count = self.seen = 0
         self.since_alert, self.alert_level = NEVER, 0
         self.pick = 0.0
+        self.shift_run = 0
         self.history = []
         self.season_mean = [0] * SEASON_BINS
         self.season_dev = [0] * SEASON_BINS
@@ -184,6 +186,7 @@ class RefScorer:
         ]
         self.streams: dict[str, RefStream] = {}
         self.pruned = 0  # dynamic mode: points above eps whose run pruning removed
+        self.level_shifts = 0  # points that ended a level-shift run
         self.batch = 0  # which kernel call the points belong to: new_batch() between calls
 
     def new_batch(self) -> None:
@@ -234,6 +237,10 @@ class RefScorer:
         first = s.seen == 0
         mu = x.copy() if first else s.mean.copy()
         sd = np.maximum(np.sqrt(s.var), st.min_std)
+        # A level-shift run starts on a value beyond the range by more than level_shift_std
+        # std, after the stream's first day.
+        beyond = np.maximum(x - s.hi, s.lo - x)
+        starts = s.seen * s.dt_mean >= 86400.0 and bool(np.any(beyond > st.level_shift_std * sd))
         xn = ref_half(np.clip((x - mu) / sd, -st.input_clip, st.input_clip))
         result = RefResult("no_prediction" if first else "scored", gap)
         exceeds = marks = False  # marks: the ring entry's mark
@@ -346,8 +353,28 @@ class RefScorer:
             s.lo, s.hi = x.copy(), x.copy()
         else:
             s.lo, s.hi = np.minimum(s.lo, x), np.maximum(s.hi, x)
+        shift = False
+        if st.level_shift_points and D == 1 and not first:
+            x0, run, bound = float(xn[0]), s.shift_run, st.level_shift_std
+            if x0 > bound:
+                run = run + 1 if run > 0 else int(starts)
+            elif x0 < -bound:
+                run = run - 1 if run < 0 else -int(starts)
+            else:
+                run = 0
+            shift = abs(run) >= st.level_shift_points
+            s.shift_run = 0 if shift else run
+            self.level_shifts += shift
         if first:
             s.mean, s.var = x.copy(), np.zeros(D)
+        elif shift:  # a level shift: the mean jumps to x, the run's inputs become relative
+            # to this one's (which becomes 0), the variance stays
+            s.mean = x.copy()
+            for k in range(1, min(st.level_shift_points, len(s.ring) + 1)):
+                moved = s.ring[-k].copy()
+                moved[0] = ref_half(np.clip(moved[0] - xn[0], -st.input_clip, st.input_clip))
+                s.ring[-k] = moved
+            xn = np.zeros(1)
         else:
             delta = x - s.mean
             bound = st.norm_clip * np.sqrt(s.var)

@@ -65,28 +65,34 @@ def make_group(
 
 
 def synthetic_points(
-    rng: np.random.Generator, n: int, n_streams: int, D: int
+    rng: np.random.Generator,
+    n: int,
+    n_streams: int,
+    D: int,
+    interval: float = 60.0,
+    shift_std: float = 5.0,
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Interleaved noisy sine streams with spikes, level shifts, disorder and gaps."""
+    """Interleaved noisy sine streams with spikes, level shifts (of shift_std), disorder
+    and gaps."""
     keys, ts, values = [], [], []
     clock = np.zeros(n_streams)
     level = rng.normal(0, 10, size=(n_streams, D))
     for _ in range(n):
         k = int(rng.integers(n_streams))
-        step = 60.0
+        step = interval
         u = rng.random()
         if u < 0.02:
-            step = -120.0  # out of order
+            step = -2 * interval  # out of order
         elif u < 0.03:
             step = 0.0  # duplicate timestamp
         elif u < 0.04:
-            step = 60.0 * 50  # a gap
+            step = interval * 50  # a gap
         clock[k] += step
-        v = level[k] + np.sin(clock[k] / 600.0) + rng.normal(0, 0.1, D)
+        v = level[k] + np.sin(clock[k] / (10 * interval)) + rng.normal(0, 0.1, D)
         if rng.random() < 0.02:
             v = v + rng.choice([-1, 1]) * rng.uniform(3, 8, D)  # spike
         if rng.random() < 0.005:
-            level[k] += rng.normal(0, 5, D)  # level shift
+            level[k] += rng.normal(0, shift_std, D)  # level shift
         keys.append(f"s{k}")
         ts.append(1_700_000_000.0 + clock[k])
         values.append(v)
@@ -182,21 +188,44 @@ CASES = {
         scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12),
         streams=StreamSettings(gap_policy="continue", buffer_len=16),
     ),
+    # Short runs, so that the synthetic shifts end many, of streams that run for days (a
+    # run starts only after a stream's first day), with shifts beyond the range their
+    # spikes span (a run starts only on a value outside it).
+    "level-shifts": dict(
+        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12),
+        streams=StreamSettings(level_shift_points=6, level_shift_std=2.0, buffer_len=16),
+        interval=900.0,
+        points=3000,
+        shift_std=30.0,
+        shifts=True,
+    ),
+    "level-shifts-short-ring-calendar": dict(  # runs longer than the ring, across tail ends
+        scoring=ScoringSettings(mode="zscore", warmup=10, threshold=0.12),
+        streams=StreamSettings(level_shift_points=12, level_shift_std=1.5, buffer_len=5),
+        calendar=True,
+        interval=900.0,
+        points=3000,
+        shift_std=30.0,
+        shifts=True,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_equals_point_by_point_reference(case: str) -> None:
-    """Every output and the final state, replayed points (input offsets) and the ring's
-    anomaly marks included."""
+    """Every output and the final state, replayed points (input offsets) included, and
+    the ring's inputs and anomaly marks after every batch."""
     spec = dict(CASES[case])
     scoring = spec.pop("scoring")
     streams = spec.pop("streams", StreamSettings(buffer_len=16, gap_policy="reset"))
+    shifts = spec.pop("shifts", False)
+    interval, n = spec.pop("interval", 60.0), spec.pop("points", 1500)
+    shift_std = spec.pop("shift_std", 5.0)
     D = spec.get("D", 1)
     table, params, config = make_group(scoring, streams, **spec)
     params.tensors()["head.V2"][:] *= 0.1  # near persistence: spikes stand out of the noise
     rng = np.random.default_rng(7)
-    keys, ts, values = synthetic_points(rng, 1500, n_streams=5, D=D)
+    keys, ts, values = synthetic_points(rng, n, 5, D, interval, shift_std)
     offsets = replayed_offsets(rng, keys)
     ref = RefScorer(params, scoring, streams, calendar=spec.get("calendar", False))
     want, parts, marked = [], [], 0
@@ -207,8 +236,10 @@ def test_kernel_equals_point_by_point_reference(case: str) -> None:
         ref.new_batch()
         want += [ref.point(k, t, v, int(o)) for k, t, v, o in zip(*batch, strict=True)]
         for key, stream in ref.streams.items():
-            _, marks = table.ring_window(key)
+            inputs, marks = table.ring_window(key)
             npt.assert_array_equal(marks, stream.marks)
+            ring = np.array(stream.ring).reshape(inputs.shape)
+            npt.assert_allclose(inputs, ring, rtol=1e-7, atol=1e-9)
             marked += int(marks.sum())
     got = {n: np.concatenate([part[n] for part in parts]) for n in parts[0]}
 
@@ -228,6 +259,9 @@ def test_kernel_equals_point_by_point_reference(case: str) -> None:
     if scoring.mode == "dynamic":
         assert ref.pruned > 0, "pruning never removed a run: the case proves little"
     assert marked > 0, "no ring entry was ever marked: comparing marks would prove little"
+    print(f"{ref.level_shifts} level shifts")
+    if shifts:
+        assert ref.level_shifts >= 3, "few level shifts: the case proves little"
     for key, s in ref.streams.items():
         slot = table.slot_of[key]
         npt.assert_allclose(table.h[slot], s.h, rtol=1e-7, atol=1e-9)
@@ -696,3 +730,123 @@ def test_seasonal_score_waits_for_a_day_of_the_stream() -> None:
 def test_seasonal_warmup_days_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="seasonal_warmup_days"):
         ScoringSettings(seasonal_warmup_days=-1.0)
+
+
+def _shifted_stream(n_before: int = 1500, n_after: int = 800) -> tuple[np.ndarray, np.ndarray]:
+    """5-minute points of a stream at 6 that shifts to 15 (30 std of its noise) and stays."""
+    rng = np.random.default_rng(1)
+    values = np.concatenate([6 + rng.normal(0, 0.3, n_before), 15 + rng.normal(0, 0.3, n_after)])
+    ts = 1_700_000_000.0 + 300.0 * np.arange(values.size)
+    return ts, values.reshape(-1, 1)
+
+
+def _level_shifts_of(ts: np.ndarray, values: np.ndarray, streams: StreamSettings) -> list[int]:
+    """The points at which the kernel moved the stream's mean to the point's own value (one
+    point per call)."""
+    table, params, config = make_group(ScoringSettings(), streams, persistence=True)
+    shifts = []
+    for i in range(ts.size):
+        run_batches(table, params, config, ["s"], ts[i : i + 1], values[i : i + 1], 1)
+        if i > 0 and table.x_mean[0, 0] == values[i, 0]:
+            shifts.append(i)
+    return shifts
+
+
+def test_a_level_shift_moves_the_mean_to_the_new_level_at_the_end_of_its_run() -> None:
+    """The run's points (beyond level_shift_std, from the first far outside the range on)
+    count up in the record; at level_shift_points the mean jumps to the last one, the
+    variance stays as it was, and the run's inputs are relative to the last one, in the
+    ring too where the tail had been copied there (so the persistence forecast sees the new
+    level, not a jump). Without it the mean has not got halfway there a day later."""
+    ts, values = _shifted_stream()
+    shifted = 1500 + 24 - 1
+    streams = StreamSettings(buffer_len=64)
+    table, params, config = make_group(ScoringSettings(), streams, persistence=True)
+    run_batches(table, params, config, ["s"] * shifted, ts[:shifted], values[:shifted], 64)
+    assert table.shift_run[0] == 23
+    var = float(table.x_var[0, 0])
+    run_batches(table, params, config, ["s"], ts[shifted:][:1], values[shifted:][:1], 1)
+    assert table.shift_run[0] == 0
+    assert table.x_mean[0, 0] == values[shifted, 0] and table.x_var[0, 0] == var
+    inputs, _ = table.ring_window("s")
+    run = inputs[-24:, 0]
+    assert run[-1] == 0.0 and np.abs(run).max() < 5.0  # was clipped at input_clip = 10
+    assert (np.abs(inputs[-40:-24, 0]) < 5.0).all()  # before the run: as they were
+    assert _level_shifts_of(ts[:1600], values[:1600], streams) == [shifted]
+
+    off, params, config = make_group(ScoringSettings(), StreamSettings(level_shift_points=0))
+    day = 1500 + 288
+    run_batches(off, params, config, ["s"] * day, ts[:day], values[:day], 64)
+    assert off.x_mean[0, 0] < 10.5 and off.shift_run[0] == 0
+
+
+def test_after_a_level_shift_a_noise_burst_scores_as_before_it() -> None:
+    """The symptom level shifts cure: after a shift of 30 std, every deviation beyond
+    norm_clip std inflates the input variance, and without a new baseline it stays inflated
+    for days (every error is small in input units). A burst of noise 4 times the stream's
+    then scores at least half as high 300 points after the shift as the same burst before
+    it, and ten times lower without level shifts. (Without the novelty score, which sees the
+    burst before the shift as never-seen values.)"""
+    ts, values = _shifted_stream()
+    burst = 1.2 * np.random.default_rng(2).normal(0, 1, (30, 1))
+    values[1000:1030] += burst
+    values[1800:1830] += burst
+    scoring = ScoringSettings(novelty_scale=0.0, threshold=0.15)
+    peaks, alerts = {}, {}
+    for points in (24, 0):
+        table, params, config = make_group(
+            scoring, StreamSettings(level_shift_points=points), persistence=True
+        )
+        out = run_batches(table, params, config, ["s"] * ts.size, ts, values, 64)
+        peaks[points] = out["score"][1000:1030].max(), out["score"][1800:1830].max()
+        alerts[points] = out["alert"][1800:1830].any()
+    before, after = peaks[24]
+    assert after >= 0.5 * before and alerts[24]
+    assert peaks[0][0] == before and peaks[0][1] < 0.1 * before and not alerts[0]
+
+
+def test_a_recurring_excursion_shifts_the_level_once_at_most() -> None:
+    """A daily high phase of 8 hours is a run of 96 points beyond 3 std. Its first one is no
+    level shift within the stream's first day (a day has to pass before a stream's daily
+    cycle is known); the first one after it is (its values lie far outside those seen), no
+    later one (a run starts only far outside the range), and the fall at its end is none
+    either: its values lie at most at the edge of the first day's."""
+    streams = StreamSettings(buffer_len=16)
+    ts, values = _daily_square_wave(days=4, skip_day=-1)
+    assert _level_shifts_of(ts, values, streams) == []
+    ts, values = _daily_square_wave(days=4, skip_day=0)  # the first high phase on day 1
+    assert _level_shifts_of(ts, values, streams) == [288 + 8 * 12 + 24 - 1]
+
+
+@pytest.mark.parametrize("cut", [1505, 1510, 1522, 1523, 1524, 1530])
+def test_a_restored_stream_goes_on_with_its_level_shift_run(cut: int) -> None:
+    """Saved within a run, at its end and after it: the run's count and the inputs it
+    re-expressed (in the ring too, where the tail had already been copied) are restored, so
+    the stream scores on as the uninterrupted one."""
+    ts, values = _shifted_stream(n_after=200)
+    keys = ["s"] * ts.size
+    streams = StreamSettings(buffer_len=20)
+    table, params, config = make_group(ScoringSettings(), streams, persistence=True)
+    whole = run_batches(table, params, config, keys, ts, values, 16)
+    first, params, config = make_group(ScoringSettings(), streams, persistence=True)
+    run_batches(first, params, config, keys[:cut], ts[:cut], values[:cut], 16)
+    second = StreamStateTable(first.layout, max_streams=4)
+    second.restore_stream("s", first.stream_bytes("s"), now=0.0)
+    assert second.shift_run[0] == first.shift_run[0] == (cut - 1500 if cut <= 1523 else 0)
+    rest = run_batches(second, params, config, keys[cut:], ts[cut:], values[cut:], 16)
+    for name in ("score", "error", "predicted"):
+        npt.assert_allclose(rest[name], whole[name][cut:], rtol=1e-7, atol=1e-9)
+    npt.assert_array_equal(second.ring_window("s")[0], table.ring_window("s")[0])
+
+
+def test_level_shift_settings_fit_the_record_and_the_clip() -> None:
+    """The run's inputs are re-expressed in the record's tail (TAIL inputs); the run is
+    counted on the clipped normalised input; hist keeps 16 decisions."""
+    assert StreamSettings(level_shift_points=TAIL).level_shift_points == TAIL
+    with pytest.raises(ValidationError, match="level_shift_points"):
+        StreamSettings(level_shift_points=TAIL + 1)
+    with pytest.raises(ValidationError, match="level_shift_std"):
+        StreamSettings(level_shift_std=10.0, input_clip=10.0)
+    assert StreamSettings(level_shift_points=0, level_shift_std=10.0).level_shift_std == 10.0
+    with pytest.raises(ValidationError, match="hysteresis_n"):
+        ScoringSettings(hysteresis_n=17)

@@ -253,7 +253,7 @@ def test_state_of_format_version_1_is_refused_by_name() -> None:
     table = StreamStateTable(LAYOUT, max_streams=10)
     table.slots(["a"], now=0.0)
     good = table.stream_bytes("a")
-    reads = "version 1; this build reads 2 or 3 or 4 or 5 or 6 or 7"
+    reads = "version 1; this build reads 2 or 3 or 4 or 5 or 6 or 7 or 8"
     with pytest.raises(StateFormatError, match=reads):
         table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
 
@@ -359,3 +359,22 @@ def test_state_of_format_version_6_keeps_its_cooldown_plain() -> None:
     row["cooldown"] = 100_000  # a cooldown setting of the time: int32
     table.restore_stream("a", v6[: _HEADER.size] + row.tobytes(), now=0.0)
     assert table.cooldown[slot] == 65_535
+
+
+def test_state_of_format_version_7_keeps_16_bits_of_hist_and_no_level_shift_run() -> None:
+    """Version 7 had hist in a uint32 and no shift_run: the low 16 bits are kept (hysteresis_n
+    is at most 16 now) and no run is under way; version 8 keeps both."""
+    from detector.stream.state import _HEADER, _row_dtype
+
+    table = StreamStateTable(LAYOUT, max_streams=10)
+    slot = table.slots(["a"], now=0.0)[0]
+    table.seen[slot] = 7
+    table.hist[slot] = 0b101
+    table.shift_run[slot] = -5
+    table.restore_stream("a", table.stream_bytes("a"), now=0.0)
+    assert (table.hist[slot], table.shift_run[slot]) == (0b101, -5)  # version 8 keeps
+    v7 = _stream_bytes_of_version(table, "a", 7)
+    row = np.frombuffer(v7[_HEADER.size :], _row_dtype(LAYOUT, 7)).copy()
+    row["hist"] = 0xFFFF_0005  # decisions 16 points back and more: no longer kept
+    table.restore_stream("a", v7[: _HEADER.size] + row.tobytes(), now=0.0)
+    assert (table.seen[slot], table.hist[slot], table.shift_run[slot]) == (7, 5, 0)
