@@ -113,8 +113,8 @@ class ScoringSettings(_Section):
         20,
         ge=0,
         description="EWMA span of the model's error minus the persistence forecast's; a "
-        "point's error is that of the forecast with the lower recent error; 0: always the "
-        "model's",
+        "point's error is that of the forecast with the lower recent error (persistence's "
+        "where it errs less at the point); 0: always the model's",
     )
     # The record's tail holds the stream's last 32 inputs (detector.stream.state.TAIL).
     persistence_lags: int = Field(

@@ -21,7 +21,12 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    With ``persistence_span`` > 0, ŷ_t is the model's prediction or the persistence forecast,
    whichever has erred less lately: the model's while the stream's ``pick``, the EWMA of
    (model's error - persistence's error) over that span, is negative (it starts at 0:
-   persistence); both errors update it after the choice. The persistence forecast is the
+   persistence), and even then persistence's where it errs less at this point: a value
+   persistence expected is no anomaly for the model's surprise at it (a model that has
+   learned a pattern errs where the pattern does not go on; on nab-dev with online
+   retraining, every false positive the model's forecast added over persistence alone was
+   at a point where it was scored: README, Evaluation). Both errors update the pick after
+   the choice. The persistence forecast is the
    nearest to x̃_t of the stream's last ``persistence_lags`` inputs x̃_{t-1}, x̃_{t-2}, ...
    (from the record's tail; the newest on a tie; at most W, what a restored tail holds):
    with 2 (the default), a point that returns from a one-point excursion is as near as it
@@ -765,12 +770,13 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     status[p] = SCORED
                     e = math.sqrt(sq * inv_D)
                     if pick_alpha > 0.0:
-                        # The forecast scored: the model's or persistence (the previous
-                        # input), whichever has erred less lately.
+                        # The forecast scored: the model's or persistence, whichever has
+                        # erred less lately, and persistence's where the model's errs more
+                        # at this point (a surprise of the model is not the stream's).
                         e_p = math.sqrt(sq_p * inv_D)
                         pick = float(rec_f[s, c_pick])
                         rec_f[s, c_pick] = pick + pick_alpha * ((e - e_p) - pick)
-                        if pick >= 0.0:
+                        if pick >= 0.0 or e_p < e:
                             e = e_p
                             for d in range(D):
                                 predicted[p, d] = persisted[d]

@@ -286,10 +286,9 @@ class RefScorer:
                 sq_lags = [float(np.sum((xn - y) ** 2)) for y in lags]
                 previous = lags[int(np.argmin(sq_lags))]
                 e_p = math.sqrt(float(np.mean((xn - previous) ** 2)))
-                if s.pick >= 0.0:
-                    pred, e_model, e = previous, e, e_p
-                else:
-                    e_model = e
+                e_model = e
+                if s.pick >= 0.0 or e_p < e:  # persistence, or where the model errs more
+                    pred, e = previous, e_p
                 s.pick += self.alpha(sc.persistence_span) * ((e_model - e_p) - s.pick)
             result.predicted = pred * sd + mu
             result.error = e
