@@ -104,7 +104,7 @@ class ScoringSettings(_Section):
         "(a plain cooldown)",
     )
     novelty_scale: float = Field(
-        0.02,
+        0.03,
         ge=0,
         description="score at least r / (r + novelty_scale), r = how far a value lies outside "
         "the range of the stream's earlier values, in units of that range; 0: off",
