@@ -190,7 +190,7 @@ CASES = {
     ),
     # Short runs, so that the synthetic shifts end many, of streams that run for days (a
     # run starts only after a stream's first day), with shifts beyond the range their
-    # spikes span (a run starts only on a value outside it).
+    # spikes span (a run starts only on a value far outside it).
     "level-shifts": dict(
         scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12),
         streams=StreamSettings(level_shift_points=6, level_shift_std=2.0, buffer_len=16),
@@ -259,7 +259,6 @@ def test_kernel_equals_point_by_point_reference(case: str) -> None:
     if scoring.mode == "dynamic":
         assert ref.pruned > 0, "pruning never removed a run: the case proves little"
     assert marked > 0, "no ring entry was ever marked: comparing marks would prove little"
-    print(f"{ref.level_shifts} level shifts")
     if shifts:
         assert ref.level_shifts >= 3, "few level shifts: the case proves little"
     for key, s in ref.streams.items():
@@ -587,7 +586,9 @@ def test_error_is_the_forecast_that_erred_less_lately() -> None:
     assert np.mean(errors[20][late]) < 0.5 * np.mean(errors[0][late])
 
 
-def _extrapolating_model(scoring: ScoringSettings) -> tuple:
+def _extrapolating_model(
+    scoring: ScoringSettings,
+) -> tuple[StreamStateTable, LSTMParams, ScoringConfig]:
     """A group whose model extrapolates linearly, x̃_t + (x̃_t - x̃_t-1), by hand: one LSTM
     unit holds 0.1 x̃_t, another 0.1 x̃_t-1 (gates saturated open, forget gate shut; tanh
     near linear), and the head takes 10 times their difference."""
