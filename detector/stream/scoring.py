@@ -33,7 +33,11 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    was before it, so the excursion errs once, not twice (once there, once back).
 4. A score in [0, 1] by mode (see :mod:`detector.stream.threshold` for the scale):
    zscore      tail_score((s_t - m) / v), m and v² the running mean and variance of s_t;
-   likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t;
+   likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t
+               (with ``persistence_span`` > 0, of persistence's error, whichever forecast
+               is scored: errors the model made small while chosen would make
+               persistence's ordinary ones look large once it is chosen again; on nab-dev
+               with online retraining, most false positives retraining still added);
    dynamic     0.5 s_t / eps (capped at 1), eps the stream's dynamic threshold, and a run
                above eps that pruning removes does not exceed.
    With ``novelty_scale`` c > 0 the score is at least the novelty score r / (r + c), where
@@ -769,6 +773,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 else:
                     status[p] = SCORED
                     e = math.sqrt(sq * inv_D)
+                    e_normal = e  # what the likelihood's normal-error statistics learn
                     if pick_alpha > 0.0:
                         # The forecast scored: the model's or persistence, whichever has
                         # erred less lately, and persistence's where the model's errs more
@@ -776,6 +781,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         e_p = math.sqrt(sq_p * inv_D)
                         pick = float(rec_f[s, c_pick])
                         rec_f[s, c_pick] = pick + pick_alpha * ((e - e_p) - pick)
+                        e_normal = e_p
                         if pick >= 0.0 or e_p < e:
                             e = e_p
                             for d in range(D):
@@ -784,7 +790,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     count = float(rec_f[s, c_err + ERR_COUNT])
                     spread = max(math.sqrt(float(rec_f[s, c_err + ERR_VAR])), min_err_std)
                     if mode == MODE_LIKELIHOOD:
-                        observed[m] = e
+                        observed[m] = e_normal
                         prior = float(rec_f[s, c_err + ERR_SHORT])
                         short = e if n == 1 else prior + short_alpha * (e - prior)
                         rec_f[s, c_err + ERR_SHORT] = short

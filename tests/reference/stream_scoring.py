@@ -302,8 +302,8 @@ class RefScorer:
                 marks = max(result.score, novelty) >= sc.threshold  # not by the seasonal
                 result.score = max(result.score, novelty, season)
                 exceeds = result.score >= sc.threshold
-            elif sc.mode == "likelihood":
-                observed = e
+            elif sc.mode == "likelihood":  # the statistics of persistence's error, if any
+                observed = e_p if sc.persistence_span > 0 else e
                 s.short = e if s.seen == 1 else s.short + self.alpha(sc.short_span) * (e - s.short)
                 if s.err_count:
                     result.score = ref_tail_score((s.short - s.err_mean) / spread)

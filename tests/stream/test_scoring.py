@@ -21,6 +21,9 @@ from detector.stream.scoring import (
     score_batch,
 )
 from detector.stream.state import (
+    ERR_COUNT,
+    ERR_MEAN,
+    ERR_VAR,
     MAX_ESCALATION_WINDOW,
     OFFSET_SET,
     SEEN_LIMIT,
@@ -625,6 +628,29 @@ def test_a_model_surprise_at_a_value_persistence_expected_is_not_scored() -> Non
     assert (model[spikes + 1] > 2.0).all()
     assert (scored[spikes + 1] < 0.3).all()
     assert np.sum(np.isclose(scored[1:], model[1:])) > 100  # the model's, where chosen
+
+
+def test_the_likelihood_learns_the_normal_error_of_persistence_whatever_the_model() -> None:
+    """The normal-error statistics learn persistence's error, whichever forecast is scored:
+    equal for the extrapolating model (chosen on a slow sine) and for an untrained one
+    (never better than persistence), so errors the model makes small do not make
+    persistence's ordinary ones look large later. The scores still differ (the scored
+    error is the smaller one's)."""
+    n = 400
+    values = (10.0 * np.sin(np.arange(n) / 15.0)).reshape(n, 1)
+    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    scoring = ScoringSettings(mode="likelihood", warmup=50)
+    runs = []
+    for table, params, config in (
+        _extrapolating_model(scoring),
+        make_group(scoring, StreamSettings(), persistence=True),
+    ):
+        out = run_batches(table, params, config, ["a"] * n, ts, values, 64)
+        runs.append((table.err[0].copy(), out["error"]))
+    (err_model, error_model), (err_plain, error_plain) = runs
+    for column in (ERR_MEAN, ERR_VAR, ERR_COUNT):
+        assert err_model[column] == pytest.approx(err_plain[column], rel=1e-12)
+    assert np.nanmean(error_model[100:]) < 0.5 * np.nanmean(error_plain[100:])
 
 
 def test_a_one_point_spike_errs_once_with_two_persistence_lags() -> None:
