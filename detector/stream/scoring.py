@@ -36,8 +36,8 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t
                (with ``persistence_span`` > 0, of persistence's error, whichever forecast
                is scored: errors the model made small while chosen would make
-               persistence's ordinary ones look large once it is chosen again; on nab-dev
-               with online retraining, most false positives retraining still added);
+               persistence's ordinary ones look large once it is chosen again: on nab-dev
+               with online retraining, most of the false positives retraining added);
    dynamic     0.5 s_t / eps (capped at 1), eps the stream's dynamic threshold, and a run
                above eps that pruning removes does not exceed.
    With ``novelty_scale`` c > 0 the score is at least the novelty score r / (r + c), where
