@@ -258,15 +258,18 @@ def test_state_of_format_version_1_is_refused_by_name() -> None:
         table.restore_stream("a", good[:3] + b"\x01" + good[4:], now=0.0)
 
 
-def _stream_bytes_of_version(table: StreamStateTable, stream: str, version: int) -> bytes:
-    """The stream's state as an older format version would have written it."""
+def _stream_bytes_of_version(
+    table: StreamStateTable, stream: str, version: int, **fields: object
+) -> bytes:
+    """The stream's state as an older format version would have written it, with ``fields``
+    in place of the table's values (what only that version could hold)."""
     from detector.stream.state import _HEADER, _row_dtype
 
     current = table.stream_bytes(stream)
     row = np.frombuffer(current[_HEADER.size :], _row_dtype(table.layout))
     old = np.empty(1, _row_dtype(table.layout, version))
     for name in old.dtype.names or ():
-        old[name] = row[name]
+        old[name] = fields.get(name, row[name])
     return current[:3] + bytes([version]) + current[4 : _HEADER.size] + old.tobytes()
 
 
@@ -322,16 +325,12 @@ def test_state_of_format_version_4_restores_with_pick_0() -> None:
 def test_state_of_format_version_5_restores_its_ring_at_half_precision() -> None:
     """Version 5 kept the ring in the table's float type: it is rounded to float16 (through
     float32), and the newest inputs go back into the tail, where the kernel reads them."""
-    from detector.stream.state import _HEADER, _row_dtype
-
     table = StreamStateTable(LAYOUT, max_streams=10)
     slot = table.slots(["a"], now=0.0)[0]
     table.seen[slot] = 11
-    v5 = _stream_bytes_of_version(table, "a", 5)
-    row = np.frombuffer(v5[_HEADER.size :], _row_dtype(LAYOUT, 5)).copy()
     inputs = 0.1 + np.arange(8) / 3  # not float16 numbers
-    row["ring"][0, :, 0] = inputs
-    table.restore_stream("a", v5[: _HEADER.size] + row.tobytes(), now=0.0)
+    v5 = _stream_bytes_of_version(table, "a", 5, ring=inputs.reshape(8, 1))
+    table.restore_stream("a", v5, now=0.0)
     half = inputs.astype(np.float32).astype(np.float16)
     npt.assert_array_equal(table.ring[slot, :, 0], half)
     npt.assert_array_equal(table.tail[slot, 3:11, 0], half[np.arange(3, 11) % 8])
@@ -343,29 +342,23 @@ def test_state_of_format_version_6_keeps_its_cooldown_plain() -> None:
     """Version 6 had no alert_score and its cooldown count in an int32: the count is kept
     (at most the uint16's 65535 points) and nothing escalates before it runs out, as under
     the plain cooldown that wrote it."""
-    from detector.stream.state import _HEADER, _row_dtype
-
     table = StreamStateTable(LAYOUT, max_streams=10)
     slot = table.slots(["a"], now=0.0)[0]
     table.seen[slot] = 7
     table.cooldown[slot] = 80
     table.alert_score[slot] = 30_000
     table.restore_stream("a", table.stream_bytes("a"), now=0.0)
-    assert (table.cooldown[slot], table.alert_score[slot]) == (80, 30_000)  # version 7 keeps
+    assert (table.cooldown[slot], table.alert_score[slot]) == (80, 30_000)  # this version keeps
     table.restore_stream("a", _stream_bytes_of_version(table, "a", 6), now=0.0)
     assert (table.seen[slot], table.cooldown[slot], table.alert_score[slot]) == (7, 80, 65_535)
-    v6 = _stream_bytes_of_version(table, "a", 6)
-    row = np.frombuffer(v6[_HEADER.size :], _row_dtype(LAYOUT, 6)).copy()
-    row["cooldown"] = 100_000  # a cooldown setting of the time: int32
-    table.restore_stream("a", v6[: _HEADER.size] + row.tobytes(), now=0.0)
+    # a cooldown setting of the time: int32
+    table.restore_stream("a", _stream_bytes_of_version(table, "a", 6, cooldown=100_000), now=0.0)
     assert table.cooldown[slot] == 65_535
 
 
 def test_state_of_format_version_7_keeps_16_bits_of_hist_and_no_level_shift_run() -> None:
     """Version 7 had hist in a uint32 and no shift_run: the low 16 bits are kept (hysteresis_n
     is at most 16 now) and no run is under way; version 8 keeps both."""
-    from detector.stream.state import _HEADER, _row_dtype
-
     table = StreamStateTable(LAYOUT, max_streams=10)
     slot = table.slots(["a"], now=0.0)[0]
     table.seen[slot] = 7
@@ -373,8 +366,6 @@ def test_state_of_format_version_7_keeps_16_bits_of_hist_and_no_level_shift_run(
     table.shift_run[slot] = -5
     table.restore_stream("a", table.stream_bytes("a"), now=0.0)
     assert (table.hist[slot], table.shift_run[slot]) == (0b101, -5)  # version 8 keeps
-    v7 = _stream_bytes_of_version(table, "a", 7)
-    row = np.frombuffer(v7[_HEADER.size :], _row_dtype(LAYOUT, 7)).copy()
-    row["hist"] = 0xFFFF_0005  # decisions 16 points back and more: no longer kept
-    table.restore_stream("a", v7[: _HEADER.size] + row.tobytes(), now=0.0)
+    # decisions 16 points back and more: no longer kept
+    table.restore_stream("a", _stream_bytes_of_version(table, "a", 7, hist=0xFFFF_0005), now=0.0)
     assert (table.seen[slot], table.hist[slot], table.shift_run[slot]) == (7, 5, 0)
