@@ -75,6 +75,11 @@ class ScoringSettings(_Section):
         "nonparametric threshold of Hundman et al. (2018); likelihood: tail probability of the "
         "short-term mean error under the long-term error distribution",
     )
+    forecast: Literal["model", "persistence"] = Field(
+        "model",
+        description="the forecast each point is scored against: the model group's LSTM, or "
+        "persistence (the stream's previous value), the baseline every evaluation compares with",
+    )
     threshold: float = Field(0.5, gt=0, le=1, description="alert when score >= threshold")
     warmup: int = Field(200, ge=0, description="points of a stream before it may alert")
     error_span: int = Field(5, ge=1, description="EWMA span of the smoothed error")
