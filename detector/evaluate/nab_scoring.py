@@ -324,6 +324,12 @@ def _score_prepared(f: _File, v: FloatArray, profile: Profile, threshold: float)
     return FileScore(raw, tp, len(f.scored_windows) - tp, int(np.count_nonzero(fp_rows)))
 
 
+def normalise(raw_score: float, n_windows: int, profile: Profile) -> float:
+    """100 (raw - null) / (perfect - null) over ``n_windows`` scored windows; NaN for none."""
+    perfect, null = profile.a_tp * n_windows, -profile.a_fn * n_windows
+    return 100.0 * (raw_score - null) / (perfect - null) if n_windows else math.nan
+
+
 def _result(files: Mapping[str, _File], profile: Profile, threshold: float) -> ProfileResult:
     per_file = {
         name: _score_prepared(f, row_weights(f.scores.size, f.windows, profile), profile, threshold)
@@ -331,15 +337,13 @@ def _result(files: Mapping[str, _File], profile: Profile, threshold: float) -> P
     }
     n_windows = sum(len(f.scored_windows) for f in files.values())
     raw = math.fsum(fs.raw_score for fs in per_file.values())
-    perfect, null = profile.a_tp * n_windows, -profile.a_fn * n_windows
-    normalised = 100.0 * (raw - null) / (perfect - null) if n_windows else math.nan
     return ProfileResult(
         profile=profile,
         threshold=threshold,
         raw_score=raw,
-        normalised_score=normalised,
-        null_score=null,
-        perfect_score=perfect,
+        normalised_score=normalise(raw, n_windows, profile),
+        null_score=-profile.a_fn * n_windows,
+        perfect_score=profile.a_tp * n_windows,
         n_windows=n_windows,
         tp_windows=sum(fs.tp_windows for fs in per_file.values()),
         fn_windows=sum(fs.fn_windows for fs in per_file.values()),
