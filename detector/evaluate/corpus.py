@@ -4,7 +4,9 @@ Layout (nab-dev/README.md): ``DIR/<category>/<name>.csv`` files with a ``timesta
 header and naive timestamps (read as UTC), and a labels JSON ``{"<category>/<name>.csv":
 [[start, end], ...]}``. Every data file is one stream, named by its path without ``.csv``
 (``realTraffic/speed_7578``). The labels are read by :func:`load_labels` for the scorer
-only; nothing here hands them to the detector.
+only; nothing here hands them to the detector. Neither are the train points
+(:func:`load_train_points`, telemetry-dev's ``train_points.json``): where each file's test
+part starts, for the event-level metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -74,14 +77,7 @@ def load_labels(labels_path: str | Path, files: list[SeriesFile]) -> dict[str, l
     ignored, so a trimmed data directory can be scored with the full labels file.
     """
     path = Path(labels_path)
-    try:
-        labels: object = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read the labels ({exc.strerror})") from None
-    except ValueError as exc:
-        raise InputFileError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(labels, dict):
-        raise InputFileError(f"{path}: expected an object of file name -> windows")
+    labels = _read_json_object(path, "file name -> windows")
     missing = [f.name for f in files if f.name not in labels]
     if missing:
         raise InputFileError(f"{path}: no labels for {missing[:5]} ({len(missing)} files)")
@@ -93,6 +89,40 @@ def load_labels(labels_path: str | Path, files: list[SeriesFile]) -> dict[str, l
         except (ValueError, TypeError) as exc:
             raise InputFileError(f"{path}: {exc}") from None
     return windows
+
+
+TRAIN_POINTS_FILE = "train_points.json"  # looked for beside the labels file
+
+
+def train_points_beside(labels_path: str | Path) -> Path | None:
+    """``train_points.json`` in the labels file's folder, if there is one."""
+    path = Path(labels_path).parent / TRAIN_POINTS_FILE
+    return path if path.is_file() else None
+
+
+def load_train_points(path: str | Path, files: list[SeriesFile]) -> dict[str, int]:
+    """Every file's train part (telemetry-dev/README.md): ``{"<category>/<name>.csv": rows}``,
+    the number of rows before its test part. For the event-level metrics only.
+
+    Each data file needs an entry, between 0 and its row count; entries of files not in the
+    corpus are ignored, as in :func:`load_labels`.
+    """
+    path = Path(path)
+    table = _read_json_object(path, "file name -> train points")
+    missing = [f.name for f in files if f.name not in table]
+    if missing:
+        raise InputFileError(f"{path}: no train points for {missing[:5]} ({len(missing)} files)")
+    points = {}
+    for f in files:
+        n = table[f.name]
+        # bool is an int to Python, never a row count
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= len(f):
+            raise InputFileError(
+                f"{path}: {f.name}: train points must be a whole number from 0 to the file's "
+                f"{len(f)} rows, got {n!r}"
+            )
+        points[f.name] = n
+    return points
 
 
 def arrival_order(
@@ -122,3 +152,15 @@ def format_timestamps(ts: NDArray[np.float64]) -> list[str]:
 
 def _datetimes(ts: NDArray[np.float64]) -> NDArray[np.datetime64]:
     return np.round(ts * 1e6).astype(np.int64).astype("datetime64[us]")
+
+
+def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+    try:
+        doc: object = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise InputFileError(f"{path}: cannot read the file ({exc.strerror})") from None
+    except ValueError as exc:
+        raise InputFileError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InputFileError(f"{path}: expected an object of {what}")
+    return doc

@@ -62,3 +62,22 @@ def spike_corpus(root: Path, n: int = 600) -> tuple[Path, Path, list[SyntheticFi
     ]
     data, labels = write_corpus(root, files)
     return data, labels, files
+
+
+def telemetry_corpus(root: Path, n: int = 600, train: int = 300) -> tuple[Path, Path, Path]:
+    """Two categories in telemetry-dev's layout: every file's first ``train`` rows are its
+    train part (``root/train_points.json``, beside the labels). MSL/a and UCR/c have a spike
+    inside a window; MSL/b a spike in its train part (not counted by the event metrics) and
+    one in its test part, outside every window: one false-positive event."""
+    a, stamps = noisy_series(n, 11, spike_at=450, spike=40.0)
+    b, _ = noisy_series(n, 12, spike_at=250, spike=40.0)
+    b[480] += 40.0
+    c, _ = noisy_series(n, 13, spike_at=500, spike=40.0)
+    files = [
+        SyntheticFile("MSL/a.csv", a, stamps, [(440, 470)]),
+        SyntheticFile("MSL/b.csv", b, stamps, []),
+        SyntheticFile("UCR/c.csv", c, stamps, [(490, 520)]),
+    ]
+    data, labels = write_corpus(root, files)
+    (root / "train_points.json").write_text(json.dumps({f.name: train for f in files}))
+    return data, labels, root / "train_points.json"
