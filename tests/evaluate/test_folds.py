@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from detector.evaluate.folds import out_of_fold
-from detector.evaluate.nab_scoring import PROFILES, NO_DETECTION_THRESHOLD, score_corpus
+from detector.evaluate.nab_scoring import NO_DETECTION_THRESHOLD, PROFILES, score_corpus
 
 N = 20
 WINDOW = (10, 14)
