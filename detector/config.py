@@ -114,22 +114,6 @@ class ScoringSettings(_Section):
         description="score at least r / (r + novelty_scale), r = how far a value lies outside "
         "the range of the stream's earlier values, in units of that range; 0: off",
     )
-    persistence_span: int = Field(
-        20,
-        ge=0,
-        description="EWMA span of the model's error minus the persistence forecast's; a "
-        "point's error is that of the forecast with the lower recent error (persistence's "
-        "where it errs less at the point); 0: always the model's",
-    )
-    # The record's tail holds the stream's last 32 inputs (detector.stream.state.TAIL).
-    persistence_lags: int = Field(
-        2,
-        ge=1,
-        le=32,
-        description="the persistence forecast is the nearest of the stream's last "
-        "persistence_lags inputs (at most streams.buffer_len), so that a one-point excursion "
-        "errs once, not again on its way back; 1: the previous input",
-    )
     seasonal: bool = Field(
         True,
         description="score the deviation from the stream's daily profile (time-of-day bins) "

@@ -18,26 +18,12 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    rounded to the precision of the state table, in which μ, σ² and the range are kept.
 3. The error against the prediction made at the previous step, in normalised units, is
    e_t = sqrt(mean_d (x̃_t,d - ŷ_t,d)²), smoothed: s_t = s_{t-1} + α_e (e_t - s_{t-1}).
-   With ``persistence_span`` > 0, ŷ_t is the model's prediction or the persistence forecast,
-   whichever has erred less lately: the model's while the stream's ``pick``, the EWMA of
-   (model's error - persistence's error) over that span, is negative (it starts at 0:
-   persistence), and even then persistence's where it errs less at this point: a value
-   persistence expected is no anomaly for the model's surprise at it (a model that has
-   learned a pattern errs where the pattern does not go on; on nab-dev with online
-   retraining, every false positive the model's forecast added over persistence alone was
-   at a point where it was scored: README, Evaluation). Both errors update the pick after
-   the choice. The persistence forecast is the
-   nearest to x̃_t of the stream's last ``persistence_lags`` inputs x̃_{t-1}, x̃_{t-2}, ...
-   (from the record's tail; the newest on a tie; at most W, what a restored tail holds):
-   with 2 (the default), a point that returns from a one-point excursion is as near as it
-   was before it, so the excursion errs once, not twice (once there, once back).
+   ŷ_t is the model's prediction (``forecast = "model"``), or with ``forecast =
+   "persistence"`` the stream's previous input x̃_{t-1} (from the record's tail): the
+   baseline every evaluation compares the model with.
 4. A score in [0, 1] by mode (see :mod:`detector.stream.threshold` for the scale):
    zscore      tail_score((s_t - m) / v), m and v² the running mean and variance of s_t;
-   likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t
-               (with ``persistence_span`` > 0, of persistence's error, whichever forecast
-               is scored: errors the model made small while chosen would make
-               persistence's ordinary ones look large once it is chosen again: on nab-dev
-               with online retraining, most of the false positives retraining added);
+   likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t;
    dynamic     0.5 s_t / eps (capped at 1), eps the stream's dynamic threshold, and a run
                above eps that pruning removes does not exceed.
    With ``novelty_scale`` c > 0 the score is at least the novelty score r / (r + c), where
@@ -221,12 +207,11 @@ C_LEARN_ALL = 20
 C_SEASONAL = 21
 C_SEASON_GATE = 22
 C_SEASON_WARMUP = 23
-C_PICK_ALPHA = 24
-C_PERSIST_LAGS = 25
-C_ESCALATION = 26
-C_SHIFT_POINTS = 27
-C_SHIFT_STD = 28
-N_CONFIG = 29
+C_PERSISTENCE = 24
+C_ESCALATION = 25
+C_SHIFT_POINTS = 26
+C_SHIFT_STD = 27
+N_CONFIG = 28
 
 # The seasonal score's fixed constants (module docstring).
 SEASON_ALPHA = 0.1  # EWMA weight of a bin's mean and deviation per visit
@@ -277,8 +262,7 @@ class ScoringConfig:
         v[C_SEASONAL] = scoring.seasonal
         v[C_SEASON_GATE] = scoring.seasonal_gate
         v[C_SEASON_WARMUP] = scoring.seasonal_warmup_days * _DAY
-        v[C_PICK_ALPHA] = span_alpha(scoring.persistence_span) if scoring.persistence_span else 0.0
-        v[C_PERSIST_LAGS] = scoring.persistence_lags
+        v[C_PERSISTENCE] = scoring.forecast == "persistence"
         v.flags.writeable = False
         return cls(v)
 
@@ -535,14 +519,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     gap_reset = cfg[C_GAP_RESET] != 0.0
     novelty_scale = cfg[C_NOVELTY]
     novelty = novelty_scale > 0.0
-    pick_alpha = cfg[C_PICK_ALPHA]  # 0: the model's forecast always
+    persistence = cfg[C_PERSISTENCE] != 0.0  # the baseline forecast instead of the model's
     shift_points = int(cfg[C_SHIFT_POINTS])
     shift_std = cfg[C_SHIFT_STD]
     level_shifts = shift_points > 0 and D == 1
-    persist_lags = int(cfg[C_PERSIST_LAGS])
-    persisted = np.empty(D, np.float64)  # a point's persistence forecast, raw units
-    in_mean = np.empty(D, np.float64)  # the point's normalisation, per value
-    in_std = np.empty(D, np.float64)
     # The input in the record's precision: its statistics (mean, variance, range) are kept
     # in it, so a value equal to an earlier one must compare equal to what they stored
     # (float32: 0.066 is stored as 0.0659999996; against the float64 value it would leave a
@@ -559,7 +539,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     use_offsets = offsets.shape[0] > 0
     c_last_ts, c_seen = cols[F_LAST_TS], cols[F_SEEN]
     c_err, c_xmean, c_xvar, c_pred = cols[F_ERR], cols[F_X_MEAN], cols[F_X_VAR], cols[F_PRED]
-    c_hist, c_cooldown, c_pick = cols[F_HIST], cols[F_COOLDOWN], cols[F_PICK]
+    c_hist, c_cooldown = cols[F_HIST], cols[F_COOLDOWN]
     c_run = cols[F_SHIFT_RUN]
     c_alert_score = cols[F_ALERT_SCORE]
     c_xmin, c_xmax = cols[F_X_MIN], cols[F_X_MAX]
@@ -654,10 +634,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                     pos = seen & w_mask if w_mask >= 0 else seen % W
                     row_at = s_half * rec_stride + tail_at
                     prefetch(rec_q, row_at + (seen % TAIL) * n_in * 2)
-                    if seen > 0:  # the persistence forecast's inputs (first and last)
+                    if seen > 0 and persistence:  # the persistence forecast's input
                         prefetch(rec_q, row_at + ((seen - 1) % TAIL) * n_in * 2)
-                        oldest = seen - min(persist_lags, seen, W)
-                        prefetch(rec_q, row_at + (oldest % TAIL) * n_in * 2)
                     if seen % TAIL == 0 and seen > 0:
                         done = seen - TAIL  # the first input the tail holds
                         at = done & w_mask if w_mask >= 0 else done % W
@@ -735,32 +713,14 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         rec_f[s, c_xmax + d] = v
                     z = min(max((v - mu) / sd, -input_clip), input_clip)
                     x_chunk[m, d] = xn = float(half_value(half_bits(z)))
-                    in_mean[d] = mu
-                    in_std[d] = sd
                     if n > 0:
-                        y_model = float(rec_f[s, c_pred + d])
-                        predicted[p, d] = y_model * sd + mu
-                        diff = xn - y_model
+                        if persistence:  # the previous input, from the record's tail
+                            y_t = float(half_value(rec_h[s, c_tail + ((n - 1) % TAIL) * n_in + d]))
+                        else:
+                            y_t = float(rec_f[s, c_pred + d])
+                        predicted[p, d] = y_t * sd + mu
+                        diff = xn - y_t
                         sq += diff * diff
-                # The persistence forecast: the nearest of the stream's last persist_lags
-                # inputs (in the record's tail), the newest on a tie. With 2, a one-point
-                # excursion errs once, not again on its way back. At most W of them: a
-                # restored tail holds only what the ring kept.
-                sq_p = math.inf
-                if n > 0 and pick_alpha > 0.0:
-                    nearest = 0
-                    for k in range(1, min(persist_lags, n, W) + 1):
-                        at = c_tail + ((n - k) % TAIL) * n_in
-                        sq_k = 0.0
-                        for d in range(D):
-                            diff = x_chunk[m, d] - float(half_value(rec_h[s, at + d]))
-                            sq_k += diff * diff
-                        if sq_k < sq_p:
-                            sq_p = sq_k
-                            nearest = at
-                    for d in range(D):
-                        y_persist = float(half_value(rec_h[s, nearest + d]))
-                        persisted[d] = y_persist * in_std[d] + in_mean[d]
                 # 3. the error, and what the score needs
                 kind[m] = _NO_SCORE
                 zs[m] = 0.0
@@ -773,24 +733,11 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 else:
                     status[p] = SCORED
                     e = math.sqrt(sq * inv_D)
-                    e_normal = e  # what the likelihood's normal-error statistics learn
-                    if pick_alpha > 0.0:
-                        # The forecast scored: the model's or persistence, whichever has
-                        # erred less lately, and persistence's where the model's errs more
-                        # at this point (a surprise of the model is not the stream's).
-                        e_p = math.sqrt(sq_p * inv_D)
-                        pick = float(rec_f[s, c_pick])
-                        rec_f[s, c_pick] = pick + pick_alpha * ((e - e_p) - pick)
-                        e_normal = e_p
-                        if pick >= 0.0 or e_p < e:
-                            e = e_p
-                            for d in range(D):
-                                predicted[p, d] = persisted[d]
                     error[p] = e
                     count = float(rec_f[s, c_err + ERR_COUNT])
                     spread = max(math.sqrt(float(rec_f[s, c_err + ERR_VAR])), min_err_std)
                     if mode == MODE_LIKELIHOOD:
-                        observed[m] = e_normal
+                        observed[m] = e
                         prior = float(rec_f[s, c_err + ERR_SHORT])
                         short = e if n == 1 else prior + short_alpha * (e - prior)
                         rec_f[s, c_err + ERR_SHORT] = short

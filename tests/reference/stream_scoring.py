@@ -111,7 +111,6 @@ class RefStream:
     history: list[bool] = field(init=False)
     since_alert: int = NEVER  # points since the stream's last alert
     alert_level: int = 0  # that alert's score in 1/65535, rounded down
-    pick: float = 0.0  # EWMA of the model's error minus the persistence forecast's
     shift_run: int = 0  # +-points in a row beyond level_shift_std, from a value far outside
     season_mean: list[int] = field(init=False)  # the daily profile, fixed point as stored
     season_dev: list[int] = field(init=False)  # 0: bin never visited
@@ -140,7 +139,6 @@ class RefStream:
         self.dt_mean = 0.0
         self.err_count = self.seen = 0
         self.since_alert, self.alert_level = NEVER, 0
-        self.pick = 0.0
         self.shift_run = 0
         self.history = []
         self.season_mean = [0] * SEASON_BINS
@@ -279,17 +277,9 @@ class RefScorer:
         if not first:
             pred = s.pred
             e = math.sqrt(float(np.mean((xn - s.pred) ** 2)))
-            if sc.persistence_span > 0:  # the model's forecast or persistence
-                # persistence: the nearest of the last persistence_lags inputs, newest on a tie
-                # (the ring holds the last min(seen, W) inputs)
-                lags = [s.ring[-k][:D] for k in range(1, min(sc.persistence_lags, len(s.ring)) + 1)]
-                sq_lags = [float(np.sum((xn - y) ** 2)) for y in lags]
-                previous = lags[int(np.argmin(sq_lags))]
-                e_p = math.sqrt(float(np.mean((xn - previous) ** 2)))
-                e_model = e
-                if s.pick >= 0.0 or e_p < e:  # persistence, or where the model errs more
-                    pred, e = previous, e_p
-                s.pick += self.alpha(sc.persistence_span) * ((e_model - e_p) - s.pick)
+            if sc.forecast == "persistence":  # the previous input
+                pred = s.ring[-1][:D]
+                e = math.sqrt(float(np.mean((xn - pred) ** 2)))
             result.predicted = pred * sd + mu
             result.error = e
             s.smooth = e if s.seen == 1 else s.smooth + self.alpha(sc.error_span) * (e - s.smooth)
@@ -302,8 +292,8 @@ class RefScorer:
                 marks = max(result.score, novelty) >= sc.threshold  # not by the seasonal
                 result.score = max(result.score, novelty, season)
                 exceeds = result.score >= sc.threshold
-            elif sc.mode == "likelihood":  # the statistics of persistence's error, if any
-                observed = e_p if sc.persistence_span > 0 else e
+            elif sc.mode == "likelihood":
+                observed = e
                 s.short = e if s.seen == 1 else s.short + self.alpha(sc.short_span) * (e - s.short)
                 if s.err_count:
                     result.score = ref_tail_score((s.short - s.err_mean) / spread)

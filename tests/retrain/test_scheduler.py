@@ -62,9 +62,7 @@ def make_settings(threshold: float = 1.0, **retraining: object) -> Settings:
             patience=3,
         ),
         streams=StreamSettings(buffer_len=128),
-        # The model's own forecasts, not persistence's when it errs less: these tests
-        # watch the model learn.
-        scoring=ScoringSettings(warmup=50, threshold=threshold, persistence_span=0),
+        scoring=ScoringSettings(warmup=50, threshold=threshold),
         retraining=RetrainingSettings(
             **{"interval_s": 400 * STEP, "min_windows": 32, "max_windows": 512, **retraining}  # type: ignore[arg-type]
         ),

@@ -21,9 +21,6 @@ from detector.stream.scoring import (
     score_batch,
 )
 from detector.stream.state import (
-    ERR_COUNT,
-    ERR_MEAN,
-    ERR_VAR,
     MAX_ESCALATION_WINDOW,
     OFFSET_SET,
     SEEN_LIMIT,
@@ -159,14 +156,10 @@ CASES = {
             mode="likelihood", warmup=10, threshold=0.12, novelty_scale=0.0, cooldown=10
         )
     ),
-    "likelihood-model-forecast": dict(  # the model's error always, not persistence's
-        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12, persistence_span=0)
-    ),
-    "likelihood-previous-input": dict(  # persistence is the previous input alone
-        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12, persistence_lags=1)
-    ),
-    "likelihood-persistence-lags-5": dict(
-        scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.12, persistence_lags=5)
+    "likelihood-persistence-forecast": dict(  # the baseline: the previous input
+        scoring=ScoringSettings(
+            mode="likelihood", warmup=10, threshold=0.12, forecast="persistence"
+        )
     ),
     "likelihood-novelty": dict(
         scoring=ScoringSettings(mode="likelihood", warmup=10, threshold=0.5, novelty_scale=0.2)
@@ -308,28 +301,29 @@ def test_spike_on_a_steady_stream_alerts_once_past_warmup() -> None:
 
 @pytest.mark.parametrize("window", [5, 50])
 def test_after_the_cooldown_only_a_higher_score_alerts_until_the_window_ends(window: int) -> None:
-    """Cooldown 5: the stream is silent after an alert, even on a higher score (1.0 at 203).
-    Escalation window 50: then a lower score (206-220) does not alert, a higher one (221)
-    does, and once the window is over a lower one (280) does again. With a window of 5 (a
-    plain cooldown) every exceeding point after the cooldown alerts."""
+    """One-point spikes (each errs on its way up and back; the smoothed error peaks on the
+    return). Cooldown 5: the stream is silent after the alert at 201, even on a higher
+    score (204). Escalation window 50: then a lower score (211) does not alert, a higher one
+    (221) does, and once the window is over a lower one (281) does again. With a window of
+    5 (a plain cooldown) every exceeding point after the cooldown alerts."""
     scoring = ScoringSettings(
         mode="zscore", warmup=50, threshold=0.2, novelty_scale=0.0, stats_learn_all=False,
-        cooldown=5, escalation_window=window, min_error_std=0.5,  # the scores the steps need
+        cooldown=5, escalation_window=window, min_error_std=1.0,  # the scores the steps need
     )  # fmt: skip
     table, params, config = make_group(scoring, StreamSettings(), dtype="float32", persistence=True)
     rng = np.random.default_rng(0)
     n = 400
     values = (10 + rng.normal(0, 0.1, n)).reshape(n, 1)
-    for at, height in ((200, 1.0), (203, 2.0), (210, 0.8), (220, 5.0), (280, 1.0)):
+    for at, height in ((200, 0.7), (203, 1.4), (210, 0.7), (220, 2.0), (280, 0.7)):
         values[at] += height
     ts = 1_700_000_000.0 + 60.0 * np.arange(n)
     out = run_batches(table, params, config, ["a"] * n, ts, values, batch=64)
     score = out["score"]
-    # The scores this test needs (all above 0.5: their alert levels fill the uint16)
-    assert score[203] > score[200] > score[206:221].max() >= 0.2
-    assert score[221] > score[200] > score[280] >= 0.2
+    # The scores this test needs
+    assert score[204] > score[201] > score[211] >= 0.2 > score[207:211].max()
+    assert score[221] > score[201] > score[281] >= 0.2
     alerts = np.flatnonzero(out["alert"]).tolist()
-    assert alerts == ([200, 221, 280] if window == 50 else [200, 206, 212, 220, 280])
+    assert alerts == ([201, 221, 281] if window == 50 else [201, 211, 221, 281])
     assert np.flatnonzero(out["escalated"]).tolist() == ([221] if window == 50 else [])
 
 
@@ -426,14 +420,6 @@ def test_replay_after_restore_equals_an_uninterrupted_run(mode: str) -> None:
     assert whole["alert"][600:].any()
 
 
-def test_persistence_lags_range_over_the_record_tail() -> None:
-    """The kernel reads the lags from the record's tail, which holds TAIL inputs."""
-    assert ScoringSettings(persistence_lags=TAIL).persistence_lags == TAIL
-    for bad in (0, TAIL + 1):
-        with pytest.raises(ValidationError, match="persistence_lags"):
-            ScoringSettings(persistence_lags=bad)
-
-
 def test_cooldown_and_escalation_window_fit_the_records_uint16_count() -> None:
     top = MAX_ESCALATION_WINDOW
     assert ScoringSettings(cooldown=top, escalation_window=top).escalation_window == top
@@ -443,20 +429,19 @@ def test_cooldown_and_escalation_window_fit_the_records_uint16_count() -> None:
 
 
 @pytest.mark.parametrize("W", [1, 8, 256])
-@pytest.mark.parametrize("lags", [2, 5])
-def test_a_restored_stream_forecasts_persistence_from_the_same_inputs(W: int, lags: int) -> None:
-    """The persistence forecast reads the stream's last persistence_lags inputs from the
-    record's tail, which a saved row does not hold (it is refilled from the ring). Saved
+def test_a_restored_stream_forecasts_persistence_from_the_same_inputs(W: int) -> None:
+    """The persistence forecast reads the stream's previous input from the record's tail,
+    which a saved row does not hold (it is refilled from the ring). Saved
     after any count, right after a tail completed included (seen % TAIL == 1, where the
     tail's older places hold the round before), a restored stream scores on as the
     uninterrupted one."""
     n = 4 * TAIL + 40
     rng = np.random.default_rng(3)
     values = 5.0 + rng.normal(0.0, 1.0, (n, 1))
-    values[::9] += 6.0  # one-point spikes: their returns are where the lags matter
+    values[::9] += 6.0  # one-point spikes
     ts = 1_700_000_000.0 + 60.0 * np.arange(n)
     keys = ["a"] * n
-    scoring = ScoringSettings(mode="likelihood", warmup=10, persistence_lags=lags)
+    scoring = ScoringSettings(mode="likelihood", warmup=10, forecast="persistence")
     streams = StreamSettings(buffer_len=W)
     table, params, config = make_group(scoring, streams, persistence=True)
     whole = run_batches(table, params, config, keys, ts, values, 16)
@@ -573,20 +558,31 @@ def test_a_float32_table_scores_a_constant_start_as_float64_does() -> None:
     npt.assert_allclose(got["float32"]["score"], got["float64"]["score"], rtol=0, atol=5e-3)
 
 
-def test_error_is_the_forecast_that_erred_less_lately() -> None:
-    """A model far from persistence on a slow sine: with persistence_span the points'
-    errors soon are the persistence forecast's (smaller); with 0 always the model's."""
+def test_the_persistence_forecast_is_the_previous_value_whatever_the_model() -> None:
+    """forecast = "persistence" scores every point against the stream's previous input
+    (normalised, as the ring keeps it), whatever the model's weights; "model" scores the
+    model's own forecast."""
     n = 400
     values = (10.0 * np.sin(np.arange(n) / 30.0)).reshape(n, 1)
     ts = 1_700_000_000.0 + 60.0 * np.arange(n)
-    errors = {}
-    for span in (0, 20):
-        scoring = ScoringSettings(mode="likelihood", warmup=50, persistence_span=span)
-        table, params, config = make_group(scoring, StreamSettings(), seed=3)
-        params.tensors()["head.V2"][:] += 1.0  # the model's change forecast is far off
-        errors[span] = run_batches(table, params, config, ["a"] * n, ts, values, 64)["error"]
+    runs = {}
+    for forecast in ("model", "persistence"):
+        for offset in (0.0, 1.0):
+            scoring = ScoringSettings(mode="likelihood", warmup=50, forecast=forecast)
+            table, params, config = make_group(scoring, StreamSettings(), seed=3)
+            params.tensors()["head.V2"][:] += offset  # a model far from persistence
+            runs[forecast, offset] = run_batches(
+                table, params, config, ["a"] * n, ts, values, 64
+            )
+    for name in ("score", "error", "predicted"):
+        npt.assert_array_equal(runs["persistence", 0.0][name], runs["persistence", 1.0][name])
+    # In the input's units through the stream's current normalisation, which has moved a
+    # little since the previous point
+    npt.assert_allclose(runs["persistence", 0.0]["predicted"][300:], values[299:-1], atol=0.1)
     late = slice(100, None)
-    assert np.mean(errors[20][late]) < 0.5 * np.mean(errors[0][late])
+    assert np.mean(runs["model", 1.0]["error"][late]) > 2.0 * np.mean(
+        runs["persistence", 1.0]["error"][late]
+    )
 
 
 def _extrapolating_model(
@@ -607,11 +603,10 @@ def _extrapolating_model(
     return table, params, config
 
 
-def test_a_model_surprise_at_a_value_persistence_expected_is_not_scored() -> None:
-    """On a slow sine the extrapolating model errs less than persistence and is chosen; on
-    the way back from a one-point spike it extrapolates the spike (its error above 2),
-    while persistence (the nearer of the last two inputs) expected the value: the point's
-    error is persistence's. Elsewhere the model's forecast is scored where chosen."""
+def test_the_model_forecast_is_scored_where_it_errs() -> None:
+    """On a slow sine with one-point spikes, the extrapolating model extrapolates each spike
+    on the way back (its error above 2), and that error is the point's: the model's
+    forecast is what is scored, persistence is never put in its place."""
     n = 400
     rng = np.random.default_rng(4)
     values = 10.0 * np.sin(np.arange(n) / 15.0) + rng.normal(0, 0.1, n)
@@ -619,66 +614,12 @@ def test_a_model_surprise_at_a_value_persistence_expected_is_not_scored() -> Non
     values[spikes] += 8.0
     values = values.reshape(n, 1)
     ts = 1_700_000_000.0 + 60.0 * np.arange(n)
-    errors = {}
-    for span in (0, 20):  # 0: the model's error always
-        scoring = ScoringSettings(mode="likelihood", warmup=50, persistence_span=span)
-        table, params, config = _extrapolating_model(scoring)
-        errors[span] = run_batches(table, params, config, ["a"] * n, ts, values, 64)["error"]
-    model, scored = errors[0], errors[20]
-    assert (model[spikes + 1] > 2.0).all()
-    assert (scored[spikes + 1] < 0.3).all()
-    assert np.sum(np.isclose(scored[1:], model[1:])) > 100  # the model's, where chosen
-
-
-def test_the_likelihood_learns_the_normal_error_of_persistence_whatever_the_model() -> None:
-    """The normal-error statistics learn persistence's error, whichever forecast is scored:
-    equal for the extrapolating model (chosen on a slow sine) and for an untrained one
-    (never better than persistence), so errors the model makes small do not make
-    persistence's ordinary ones look large later. The scores still differ (the scored
-    error is the smaller one's)."""
-    n = 400
-    values = (10.0 * np.sin(np.arange(n) / 15.0)).reshape(n, 1)
-    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
     scoring = ScoringSettings(mode="likelihood", warmup=50)
-    runs = []
-    for table, params, config in (
-        _extrapolating_model(scoring),
-        make_group(scoring, StreamSettings(), persistence=True),
-    ):
-        out = run_batches(table, params, config, ["a"] * n, ts, values, 64)
-        runs.append((table.err[0].copy(), out["error"]))
-    (err_model, error_model), (err_plain, error_plain) = runs
-    for column in (ERR_MEAN, ERR_VAR, ERR_COUNT):
-        assert err_model[column] == pytest.approx(err_plain[column], rel=1e-12)
-    assert np.nanmean(error_model[100:]) < 0.5 * np.nanmean(error_plain[100:])
-
-
-def test_a_one_point_spike_errs_once_with_two_persistence_lags() -> None:
-    """On its way back from a one-point spike a point is as near the input before the spike
-    as it was before it: with persistence_lags 2 it errs as little as its neighbours and
-    its forecast is the pre-spike input; with 1 (the previous input) it errs as the spike did.
-    A level shift errs once either way: after it the previous input is the nearest."""
-    n = 400
-    rng = np.random.default_rng(11)
-    values = 5.0 + rng.normal(0.0, 0.1, n)
-    values[300] = 9.0  # a spike
-    values[350:] += 3.0  # a level shift
-    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
-    out = {}
-    for lags in (1, 2):
-        scoring = ScoringSettings(mode="likelihood", warmup=50, persistence_lags=lags)
-        table, params, config = make_group(scoring, StreamSettings(), persistence=True)
-        out[lags] = run_batches(table, params, config, ["a"] * n, ts, values.reshape(n, 1), 64)
-    one, two = out[1]["error"], out[2]["error"]
-    noise = np.median(two[100:300])
-    assert two[300] == pytest.approx(one[300], rel=0.05)  # the spike: the nearer of two noises
-    assert one[301] > 0.8 * one[300]  # previous input: the way back errs again
-    assert two[301] < 5.0 * noise  # two lags: it does not
-    assert out[2]["predicted"][301, 0] == pytest.approx(values[299], abs=0.01)
-    assert two[350] > 10.0 * noise and two[351] < 5.0 * noise  # the shift errs once
-    assert one[351] < 5.0 * noise
-    # After the spike, the smoothed error (and with it the likelihood) carries one error, not two.
-    assert np.max(out[2]["score"][301:310]) < 0.5 * np.max(out[1]["score"][301:310])
+    table, params, config = _extrapolating_model(scoring)
+    out = run_batches(table, params, config, ["a"] * n, ts, values, 64)
+    assert (out["error"][spikes + 1] > 2.0).all()
+    calm = np.setdiff1d(np.arange(60, n), np.concatenate([spikes, spikes + 1, spikes + 2]))
+    assert np.median(out["error"][calm]) < 0.3  # the model extrapolates the sine well
 
 
 @pytest.mark.parametrize("W", [256, 100])
@@ -850,8 +791,8 @@ def test_after_a_level_shift_a_noise_burst_scores_as_before_it() -> None:
     """The symptom level shifts cure: after a shift of 30 std, every deviation beyond
     norm_clip std inflates the input variance, and without a new baseline it stays inflated
     for days (every error is small in input units). A burst of noise 4 times the stream's
-    then scores at least half as high 300 points after the shift as the same burst before
-    it, and ten times lower without level shifts. (Without the novelty score, which sees the
+    then scores nearly as high (at least 0.4 times) 300 points after the shift as the same
+    burst before it, and ten times lower without level shifts. (Without the novelty score, which sees the
     burst before the shift as never-seen values.)"""
     ts, values = _shifted_stream()
     burst = 1.2 * np.random.default_rng(2).normal(0, 1, (30, 1))
@@ -867,7 +808,7 @@ def test_after_a_level_shift_a_noise_burst_scores_as_before_it() -> None:
         peaks[points] = out["score"][1000:1030].max(), out["score"][1800:1830].max()
         alerts[points] = out["alert"][1800:1830].any()
     before, after = peaks[24]
-    assert after >= 0.5 * before and alerts[24]
+    assert after >= 0.4 * before and alerts[24]
     assert peaks[0][0] == before and peaks[0][1] < 0.1 * before and not alerts[0]
 
 
