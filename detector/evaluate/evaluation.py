@@ -3,11 +3,13 @@
 The steps: read the corpus ─► replay it through the production pipeline (labels unseen;
 with ``retraining.enabled`` the model retrains online on data time, synchronously, as the
 daemon would between batches) ─► each row's anomaly score as the alert layer sees it
-(detector.evaluate.alert_view) ─► score all files with NAB's three profiles, one threshold
-per profile optimised over the corpus ─► the same profiles on the alerts production itself
-raises at each of those thresholds (the view is not exact under a cooldown) ─► window-level
-precision, recall and F1 at the standard profile's threshold ─► optionally the NAB results
-files, one PNG per series and a JSON report.
+(detector.evaluate.alert_view) ─► the figures of that replay (detector.evaluate.figures):
+NAB's three profiles in-sample (thresholds optimised over the corpus) and out-of-fold
+(leaving one category out), the profiles and the event-level precision, recall and F1 of
+production's alerts at the shipped threshold ─► the same again from a second full replay
+with the persistence forecast (``scoring.forecast``), the LSTM's ablation baseline ─►
+optionally the NAB results files, one PNG per series and a JSON report
+(detector.evaluate.report).
 """
 
 from __future__ import annotations
@@ -15,29 +17,21 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-import numpy as np
 import orjson
 import structlog
-from numpy.typing import NDArray
 from tqdm import tqdm
 
 from detector.config import Settings
-from detector.evaluate.alert_view import alert_view, alerts_at
-from detector.evaluate.corpus import SeriesFile, load_labels, read_corpus
-from detector.evaluate.nab_scoring import (
-    PROFILES,
-    ProfileResult,
-    Window,
-    WindowMetrics,
-    score_corpus,
-    score_corpus_at_threshold,
-    window_metrics,
-)
+from detector.errors import ConfigError
+from detector.evaluate.corpus import SeriesFile, load_labels, load_train_points, read_corpus
+from detector.evaluate.figures import THRESHOLD_PROFILE, RunFigures, run_figures
+from detector.evaluate.nab_scoring import Window
 from detector.evaluate.replay import AfterBatch, ReplayResult, replay
+from detector.evaluate.report import report_document, summary_table
 from detector.stream.pipeline import Pipeline
 
 if TYPE_CHECKING:
@@ -45,108 +39,35 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-THRESHOLD_PROFILE = "standard"  # window metrics and plots use this profile's threshold
+BASELINE_FORECAST: Final = "persistence"
+Folds = Literal["auto", "category", "none"]  # auto: by category when there are several
 
 
 @dataclass(frozen=True, slots=True)
 class Evaluation:
     files: list[SeriesFile]
     windows: Mapping[str, list[Window]]
-    replay: ReplayResult
-    scores: Mapping[str, NDArray[np.float64]]  # the anomaly_score column, by file
-    profiles: Mapping[str, ProfileResult]
-    # The same profiles on production's own alerts at each profile's threshold (alerts_at)
-    production: Mapping[str, ProfileResult]
-    metrics: WindowMetrics
+    test_start: Mapping[str, int]  # first test row by file (0: every row counts for events)
+    train_points: Path | None  # where test_start came from
     settings: Settings
-    retraining: Mapping[str, int]  # outcome -> runs ("accepted", "rejected", ...)
+    run: RunFigures  # with the configured forecast
+    baseline: RunFigures | None  # with the persistence forecast (None: not run)
+
+    @property
+    def categories(self) -> dict[str, list[str]]:
+        """Category -> its files' names, in file order."""
+        members: dict[str, list[str]] = {}
+        for f in self.files:
+            members.setdefault(f.category, []).append(f.name)
+        return members
 
     def report(self) -> dict[str, Any]:
-        """The ``--report`` document: the three normalised scores first, then the details."""
-        doc: dict[str, Any] = {name: r.normalised_score for name, r in self.profiles.items()}
-        doc["profiles"] = {
-            name: {
-                "score": r.normalised_score,
-                "threshold": r.threshold,
-                "raw_score": r.raw_score,
-                "windows": r.n_windows,
-                "tp_windows": r.tp_windows,
-                "fn_windows": r.fn_windows,
-                "fp_rows": r.fp_detections,
-            }
-            for name, r in self.profiles.items()
-        }
-        doc["production_alerts"] = {
-            name: {
-                "score": r.normalised_score,
-                "threshold": r.threshold,
-                "tp_windows": r.tp_windows,
-                "fn_windows": r.fn_windows,
-                "fp_rows": r.fp_detections,
-            }
-            for name, r in self.production.items()
-        }
-        m = self.metrics
-        doc["window_metrics"] = {
-            "profile": THRESHOLD_PROFILE,
-            "threshold": m.threshold,
-            "windows": m.n_windows,
-            "detected_windows": m.detected_windows,
-            "fp_events": m.fp_events,
-            "precision": m.precision,
-            "recall": m.recall,
-            "f1": m.f1,
-        }
-        standard = self.profiles[THRESHOLD_PROFILE]
-        doc["per_file"] = {
-            name: {
-                "rows": len(f),
-                "windows": len(self.windows[name]),
-                "tp_windows": standard.per_file[name].tp_windows,
-                "fn_windows": standard.per_file[name].fn_windows,
-                "fp_rows": standard.per_file[name].fp_detections,
-                "raw_score": standard.per_file[name].raw_score,
-                "alerts": int(self.replay.outputs[name].alert.sum()),
-            }
-            for f in self.files
-            for name in (f.name,)
-        }
-        doc["replay"] = {
-            "files": len(self.files),
-            "points": sum(len(f) for f in self.files),
-            "batches": self.replay.batches,
-            "seconds": round(self.replay.seconds, 3),
-            "counters": self.replay.counters,
-        }
-        doc["retraining"] = dict(self.retraining)
-        doc["scoring"] = self.settings.scoring.model_dump(mode="json")
-        return doc
+        """The ``--report`` document (detector.evaluate.report)."""
+        return report_document(self)
 
     def summary(self) -> str:
-        """A short table for the terminal."""
-        lines = [f"{'profile':<20} {'score':>7} {'threshold':>10} {'TP':>4} {'FN':>4} {'FP':>6}"]
-        for name, r in self.profiles.items():
-            lines.append(
-                f"{name:<20} {r.normalised_score:7.2f} {r.threshold:10.4f} "
-                f"{r.tp_windows:4d} {r.fn_windows:4d} {r.fp_detections:6d}"
-            )
-        lines.append(
-            "production's own alerts at these thresholds (cooldown and escalations exactly): "
-            + ", ".join(
-                f"{name} {r.normalised_score:.2f} ({r.tp_windows} TP, {r.fp_detections} FP)"
-                for name, r in self.production.items()
-            )
-        )
-        m = self.metrics
-        lines.append(
-            f"windows at threshold {m.threshold:.4f} ({THRESHOLD_PROFILE}): "
-            f"{m.detected_windows}/{m.n_windows} detected, {m.fp_events} false alert events, "
-            f"precision {m.precision:.3f} recall {m.recall:.3f} F1 {m.f1:.3f}"
-        )
-        if self.retraining:
-            runs = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.retraining.items()))
-            lines.append(f"online retraining runs: {runs}")
-        return "\n".join(lines) + "\n"
+        """A short table for the terminal (detector.evaluate.report)."""
+        return summary_table(self)
 
 
 def evaluate(
@@ -154,65 +75,72 @@ def evaluate(
     labels: str | Path,
     settings: Settings,
     *,
+    train_points: str | Path | None = None,
+    folds: Folds = "auto",
+    baseline: bool = True,
     out_dir: str | Path | None = None,
     plots_dir: str | Path | None = None,
     report_path: str | Path | None = None,
     after_batch: AfterBatch | None = None,
     progress: bool | None = None,
 ) -> Evaluation:
-    """Run the whole evaluation (module docstring). ``after_batch`` replaces the online
-    retraining hook; ``progress``: tqdm bars on stderr (None: only on a terminal)."""
+    """Run the whole evaluation (module docstring).
+
+    ``train_points``: each file's train part (detector.evaluate.corpus.load_train_points),
+    left out of the event-level metrics; None: every row counts. ``folds``: "category" for
+    leave-one-category-out scores, "none" for none, "auto" for "category" when the corpus has
+    more than one category folder. ``baseline``: replay again with the persistence forecast
+    (not when it is the configured one). ``after_batch`` replaces the online retraining hook,
+    in every replay; ``progress``: tqdm bars on stderr (None: only on a terminal).
+    """
     files = read_corpus(data_dir)
     windows = load_labels(labels, files)
-    points = sum(len(f) for f in files)
+    tp_path = Path(train_points) if train_points is not None else None
+    test_start = (
+        load_train_points(tp_path, files) if tp_path is not None else {f.name: 0 for f in files}
+    )
+    category = {f.name: f.category for f in files}
+    by_category = _use_folds(folds, sorted(set(category.values())), data_dir)
     log.info(
         "evaluation_started",
         data=str(data_dir),
         files=len(files),
-        points=points,
+        points=sum(len(f) for f in files),
         windows=sum(len(w) for w in windows.values()),
         mode=settings.scoring.mode,
+        forecast=settings.scoring.forecast,
+        folds="category" if by_category else "none",
+        baseline=baseline and settings.scoring.forecast != BASELINE_FORECAST,
     )
-    with tqdm(
-        total=points, unit="pt", desc="replay", disable=None if progress is None else not progress,
-        file=sys.stderr, leave=False,
-    ) as bar:  # fmt: skip
-        online = OnlineRetraining(settings) if settings.retraining.enabled else None
-        hook = after_batch if after_batch is not None else online
-        try:
-            replayed = replay(files, settings, after_batch=hook, on_progress=bar.update)
-        finally:
-            if online is not None:
-                online.close()
-    retraining = dict(online.outcomes) if online is not None and after_batch is None else {}
-    scores = {
-        name: alert_view(o.score, o.status, settings.scoring)
-        for name, o in replayed.outputs.items()
-    }
-    profiles = score_corpus(scores, windows, PROFILES.values())
-    alerts = {  # once per threshold: the profiles often share one
-        theta: {
-            file: alerts_at(o.score, o.status, settings.scoring, theta)
-            for file, o in replayed.outputs.items()
-        }
-        for theta in {r.threshold for r in profiles.values()}
-    }
-    production = {
-        name: replace(
-            # an alert's row is True (1.0), every other row 0.0
-            score_corpus_at_threshold(alerts[r.threshold], windows, r.profile, 1.0),
-            threshold=r.threshold,
+    runs = [settings]
+    if baseline and settings.scoring.forecast != BASELINE_FORECAST:
+        runs.append(baseline_settings(settings))
+    figures = []
+    for run_settings in runs:
+        replayed, retraining = _replay(files, run_settings, after_batch, progress)
+        figures.append(
+            run_figures(
+                replayed,
+                windows,
+                run_settings,
+                category=category if by_category else None,
+                test_start=test_start,
+                retraining=retraining,
+            )
         )
-        for name, r in profiles.items()
-    }
-    metrics = window_metrics(scores, windows, profiles[THRESHOLD_PROFILE].threshold)
     result = Evaluation(
-        files, windows, replayed, scores, profiles, production, metrics, settings, retraining
+        files,
+        windows,
+        test_start,
+        tp_path,
+        settings,
+        figures[0],
+        figures[1] if len(figures) > 1 else None,
     )
     if out_dir is not None:
         from detector.evaluate.results import write_results
 
-        write_results(out_dir, files, scores, windows)
+        write_results(out_dir, files, result.run.scores, windows)
     if plots_dir is not None:
         _plot_all(result, Path(plots_dir), progress)
     if report_path is not None:
@@ -224,10 +152,59 @@ def evaluate(
         )
     log.info(
         "evaluation_finished",
-        seconds=round(replayed.seconds, 2),
-        **{name: round(r.normalised_score, 2) for name, r in profiles.items()},
+        seconds=round(sum(r.replay.seconds for r in figures), 2),
+        **{name: round(r.normalised_score, 2) for name, r in result.run.profiles.items()},
     )
     return result
+
+
+def baseline_settings(settings: Settings) -> Settings:
+    """The same settings with the persistence forecast: the LSTM's ablation."""
+    scoring = settings.scoring.model_copy(update={"forecast": BASELINE_FORECAST})
+    return settings.model_copy(update={"scoring": scoring})
+
+
+def _use_folds(folds: Folds, categories: list[str], data_dir: str | Path) -> bool:
+    if folds == "none":
+        return False
+    if folds == "auto":
+        return len(categories) > 1
+    if len(categories) < 2:
+        raise ConfigError(
+            f"leave-one-category-out scores need at least two category folders in {data_dir}; "
+            f"found {categories}"
+        )
+    return True
+
+
+def _replay(
+    files: list[SeriesFile],
+    settings: Settings,
+    after_batch: AfterBatch | None,
+    progress: bool | None,
+) -> tuple[ReplayResult, dict[str, int]]:
+    """One replay of the corpus, with online retraining unless ``after_batch`` replaces it;
+    returns it and the retraining runs by outcome."""
+    with tqdm(
+        total=sum(len(f) for f in files), unit="pt", desc=f"replay ({settings.scoring.forecast})",
+        disable=None if progress is None else not progress, file=sys.stderr, leave=False,
+    ) as bar:  # fmt: skip
+        online = OnlineRetraining(settings) if settings.retraining.enabled else None
+        hook = after_batch if after_batch is not None else online
+        try:
+            replayed = replay(files, settings, after_batch=hook, on_progress=bar.update)
+        finally:
+            if online is not None:
+                online.close()
+    retraining = dict(online.outcomes) if online is not None and after_batch is None else {}
+    log.info(
+        "replay_finished",
+        forecast=settings.scoring.forecast,
+        seconds=round(replayed.seconds, 2),
+        batches=replayed.batches,
+        **{f"retraining_{outcome}": n for outcome, n in retraining.items()},
+    )
+    return replayed, retraining
 
 
 class OnlineRetraining:
@@ -256,7 +233,8 @@ def _plot_all(result: Evaluation, plots_dir: Path, progress: bool | None) -> Non
     # matplotlib is imported only when plots are asked for: it costs a second to import.
     from detector.evaluate.plots import plot_path, plot_series
 
-    standard = result.profiles[THRESHOLD_PROFILE]
+    run = result.run
+    standard = run.profiles[THRESHOLD_PROFILE]
     for f in tqdm(
         result.files, unit="plot", desc="plots", disable=None if progress is None else not progress,
         file=sys.stderr, leave=False,
@@ -264,8 +242,8 @@ def _plot_all(result: Evaluation, plots_dir: Path, progress: bool | None) -> Non
         plot_series(
             plot_path(plots_dir, f),
             f,
-            result.replay.outputs[f.name],
-            result.scores[f.name],
+            run.replay.outputs[f.name],
+            run.scores[f.name],
             result.windows[f.name],
             standard.threshold,
             result.settings.scoring.threshold,
