@@ -238,6 +238,12 @@ class RunSettings(_Section):
     )
     batch_size: int = Field(1024, ge=1, le=1_000_000, description="points per kernel call")
     instance: str = Field("", description="detector instance named in alerts; default hostname")
+    clock: Literal["auto", "wall", "data"] = Field(
+        "auto",
+        description="what the retraining schedule and idle eviction run on: wall time, or data "
+        "time (the newest point timestamp read so far); auto: data for a file read once "
+        "(no --follow), wall otherwise",
+    )
 
     @model_validator(mode="after")
     def _endpoints(self) -> RunSettings:
