@@ -108,6 +108,14 @@ class ScoringSettings(_Section):
         "alerts again only on a higher score than that alert's; at most the cooldown: none "
         "(a plain cooldown)",
     )
+    peaks_quantile: float = Field(
+        0.02,
+        ge=0,
+        lt=0.5,
+        description="the peaks score: each stream's prediction errors above their (1 - q) "
+        "quantile are fitted with a generalized Pareto tail, and an error scores its tail "
+        "probability under it (zscore and likelihood modes); 0: off",
+    )
     novelty_scale: float = Field(
         0.03,
         ge=0,

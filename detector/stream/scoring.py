@@ -26,6 +26,14 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    likelihood  tail_score((ē_t - m) / v), ē_t the short-term mean of e_t, m and v² of e_t;
    dynamic     0.5 s_t / eps (capped at 1), eps the stream's dynamic threshold, and a run
                above eps that pruning removes does not exceed.
+   With ``peaks_quantile`` q > 0 (zscore and likelihood) the score is at least the peaks
+   score of e_t: its tail probability under the generalized Pareto tail of the stream's
+   errors above their (1 - q) quantile u (:mod:`detector.stream.threshold`), once that tail
+   has seen PEAKS_MIN_EXCESSES errors above u; u and the tail learn e_t with the
+   normal-error statistics (below). One large error scores at once, where the likelihood's
+   short-term mean dilutes it, and on the stream's own scale: a stream whose errors are
+   mostly tiny with rare large steps (a stepped signal) has a heavy tail, where a step is
+   ordinary, and Gaussian noise a light one, where a spike of a few noise widths is not.
    With ``novelty_scale`` c > 0 the score is at least the novelty score r / (r + c), where
    r = max_d max(x_t,d - hi_d, lo_d - x_t,d, 0) / max(hi_d - lo_d, min_std) is how far x_t
    lies outside the range [lo, hi] of the stream's earlier raw values, in units of that
@@ -133,6 +141,11 @@ from detector.stream.state import (
     IN_WAVE,
     MARKED,
     OFFSET_SET,
+    PEAKS_COLUMNS,
+    PEAKS_M1,
+    PEAKS_M2,
+    PEAKS_N,
+    PEAKS_U,
     SEASON_BINS,
     SEASON_COLUMNS,
     SEASON_DEV_SCALE,
@@ -149,8 +162,11 @@ from detector.stream.state import (
     seen_rewind,
 )
 from detector.stream.threshold import (
+    PEAKS_MIN_EXCESSES,
     dynamic_epsilon,
     dynamic_keeps_last_run,
+    peaks_learn,
+    peaks_score,
     tail_scores,
 )
 
@@ -208,10 +224,11 @@ C_SEASONAL = 21
 C_SEASON_GATE = 22
 C_SEASON_WARMUP = 23
 C_PERSISTENCE = 24
+C_PEAKS_Q = 28
 C_ESCALATION = 25
 C_SHIFT_POINTS = 26
 C_SHIFT_STD = 27
-N_CONFIG = 28
+N_CONFIG = 29
 
 # The seasonal score's fixed constants (module docstring).
 SEASON_ALPHA = 0.1  # EWMA weight of a bin's mean and deviation per visit
@@ -263,6 +280,7 @@ class ScoringConfig:
         v[C_SEASON_GATE] = scoring.seasonal_gate
         v[C_SEASON_WARMUP] = scoring.seasonal_warmup_days * _DAY
         v[C_PERSISTENCE] = scoring.forecast == "persistence"
+        v[C_PEAKS_Q] = scoring.peaks_quantile
         v.flags.writeable = False
         return cls(v)
 
@@ -303,7 +321,8 @@ def _reset_row(s, rec_f, rec_w, rec_h, rec_b, cols, hc, ring, marks, err_ring, f
     rec_h[s, cols[F_HIST]] = 0
     rec_b[s, cols[F_SHIFT_RUN]] = 0
     rec_h[s, cols[F_COOLDOWN]] = 0  # so alert_score is not read before it is written again
-    rec_f[s, cols[F_PICK]] = 0.0
+    for k in range(PEAKS_COLUMNS):
+        rec_f[s, cols[F_PEAKS] + k] = 0.0
     for k in range(SEASON_BINS):
         rec_h[s, cols[F_SEASON_MEAN] + k] = 0
         rec_b[s, cols[F_SEASON_DEV] + k] = 0
@@ -414,8 +433,8 @@ def scratch_sizes(B: int, shape: ModelShape, E: int):  # type: ignore[no-untyped
         + _pad(CHUNK * K)  # q
     )
     ints = 2 * B + 4 * CHUNK  # this wave, next wave; steps, points, ns, kind
-    doubles = 10 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, novel,
-    # s_z, s_u, s_r, s_tail, far_out, cal, run_max
+    doubles = 12 * CHUNK + CALENDAR_FEATURES + E // 2 + 2  # zs, observed, exceed, tails, novel,
+    # s_z, s_u, s_r, s_tail, far_out, errs, peak, cal, run_max
     return floats, ints + doubles
 
 
@@ -519,6 +538,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     gap_reset = cfg[C_GAP_RESET] != 0.0
     novelty_scale = cfg[C_NOVELTY]
     novelty = novelty_scale > 0.0
+    peaks_q = cfg[C_PEAKS_Q]
+    peaks = peaks_q > 0.0 and mode != MODE_DYNAMIC
     persistence = cfg[C_PERSISTENCE] != 0.0  # the baseline forecast instead of the model's
     shift_points = int(cfg[C_SHIFT_POINTS])
     shift_std = cfg[C_SHIFT_STD]
@@ -541,6 +562,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     c_err, c_xmean, c_xvar, c_pred = cols[F_ERR], cols[F_X_MEAN], cols[F_X_VAR], cols[F_PRED]
     c_hist, c_cooldown = cols[F_HIST], cols[F_COOLDOWN]
     c_run = cols[F_SHIFT_RUN]
+    c_peaks = cols[F_PEAKS]
     c_alert_score = cols[F_ALERT_SCORE]
     c_xmin, c_xmax = cols[F_X_MIN], cols[F_X_MAX]
     c_smean, c_sdev, c_season = cols[F_SEASON_MEAN], cols[F_SEASON_DEV], cols[F_SEASON]
@@ -581,8 +603,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     s_tail = f64[8 * C : 9 * C]
     far_out = f64[9 * C : 10 * C]  # 1.0: the value lies beyond the stream's earlier range
     # by more than level_shift_std std (a level-shift run starts only on such a point)
-    cal = f64[10 * C : 10 * C + CALENDAR_FEATURES]
-    run_max = f64[10 * C + CALENDAR_FEATURES : 10 * C + CALENDAR_FEATURES + E // 2 + 2]
+    errs = f64[10 * C : 11 * C]  # e_t, what the error's tail learns
+    peak = f64[11 * C : 12 * C]  # the peaks score of e_t (0: not beyond u)
+    cal = f64[12 * C : 12 * C + CALENDAR_FEATURES]
+    run_max = f64[12 * C + CALENDAR_FEATURES : 12 * C + CALENDAR_FEATURES + E // 2 + 2]
 
     rec_stride = rec_q.strides[0]
     # The lines of a record to prefetch ahead: up to the tail (whose line the point writes
@@ -728,12 +752,23 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 s_u[m] = _NO_SEASON
                 novel[m] = r if n > 0 and novelty else 0.0
                 far_out[m] = 1.0 if far else 0.0
+                peak[m] = 0.0
                 if n == 0:
                     status[p] = NO_PREDICTION
                 else:
                     status[p] = SCORED
                     e = math.sqrt(sq * inv_D)
                     error[p] = e
+                    errs[m] = e
+                    if peaks:
+                        u = float(rec_f[s, c_peaks + PEAKS_U])
+                        if e > u and rec_f[s, c_peaks + PEAKS_N] >= PEAKS_MIN_EXCESSES:
+                            peak[m] = peaks_score(
+                                e - u,
+                                float(rec_f[s, c_peaks + PEAKS_M1]),
+                                float(rec_f[s, c_peaks + PEAKS_M2]),
+                                peaks_q,
+                            )
                     count = float(rec_f[s, c_err + ERR_COUNT])
                     spread = max(math.sqrt(float(rec_f[s, c_err + ERR_VAR])), min_err_std)
                     if mode == MODE_LIKELIHOOD:
@@ -817,6 +852,9 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
             for j in range(m):
                 if kind[j] == _TAIL:
                     score[points[j]] = tails[j]
+            if peaks:
+                for j in range(m):
+                    score[points[j]] = max(score[points[j]], peak[j])
             if seasonal_z > 0:
                 tail_scores(s_z, s_tail, m)
                 for j in range(m):
@@ -857,6 +895,11 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                             float(rec_f[s, c_err + ERR_VAR]) + a * delta * delta
                         )
                         rec_f[s, c_err + ERR_COUNT] = count
+                        if peaks:
+                            peaks_learn(
+                                rec_f, s, c_peaks, errs[j], count,
+                                float(rec_f[s, c_err + ERR_MEAN]), peaks_q,
+                            )  # fmt: skip
                         if s_u[j] != _NO_SEASON:  # the seasonal statistics, same weights
                             u = s_u[j]
                             s_mean = float(rec_f[s, c_season + SEASON_MEAN])
@@ -1011,7 +1054,7 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
 (
     F_LAST_TS,
     F_SEEN,
-    F_PICK,
+    F_PEAKS,
     F_ERR,
     F_X_MEAN,
     F_X_VAR,
@@ -1030,7 +1073,7 @@ def check_compatible(lay: TableLayout, params: LSTMParams, config: ScoringConfig
 _FIELD_VIEWS = (
     ("last_ts", 8),
     ("seen", 4),
-    ("pick", 0),
+    ("peaks", 0),
     ("err", 0),  # 0: the table's float size
     ("x_mean", 0),
     ("x_var", 0),

@@ -4,7 +4,7 @@ Row ``slot`` of every array belongs to one stream; there is never a Python objec
 stream, so the scoring kernel reads and writes whole batches of rows. What one row holds:
 
     rec         one record, the scalars the kernel touches for every point, packed so that
-                a point costs few cache lines (192 bytes at D = 1 in float32: always a
+                a point costs few cache lines (256 bytes at D = 1 in float32: always a
                 whole number of lines, and the array starts on a line):
         last_ts     timestamp of the last accepted point, epoch seconds (float64)
         err         (ERR_COLUMNS,) error and interval statistics, columns named below
@@ -13,8 +13,9 @@ stream, so the scoring kernel reads and writes whole batches of rows. What one r
         pred        (D,) the prediction of the next input, in normalised units
         x_min       (D,) the smallest raw input so far (novelty score: values never seen)
         x_max       (D,) the largest raw input so far
-        pick        EWMA of the model's error minus the persistence forecast's: the point's
-                    error is the model's while it is negative (scoring.persistence_span)
+        peaks       (PEAKS_COLUMNS,) the tail of the stream's prediction errors (peaks over a
+                    threshold: scoring, step 4), columns named below; with the fields
+                    above it fills the record's first cache line at D = 1 in float32
         seen        points accepted since the stream started or was reset (int32; past
                     SEEN_LIMIT it steps back by a whole number of ring lengths)
         hist        bit k: the point k steps ago exceeded the threshold (uint16)
@@ -64,11 +65,13 @@ ring takes one line per TAIL points. Code that reads the ring calls
 ``flush_tail`` first (``ring_window``, ``ring_windows`` and the serialisers do), and code
 that writes it calls ``refill_tail`` after. ``h``, ``c`` and every record field are also
 attributes (NumPy views), e.g. ``table.seen[slot]``.
-Serialised rows (``stream_bytes``, ``to_bytes``; format version 8) hold every field above
+Serialised rows (``stream_bytes``, ``to_bytes``; format version 9) hold every field above
 but the tail (it is refilled from the ring), flags and last_seen, packed (_row_dtype),
-whatever the in-memory layout. Versions 2 to 7 are still read (rings before 6 are rounded
+whatever the in-memory layout. Versions 2 to 8 are still read (rings before 6 are rounded
 to half precision; a cooldown running before 7 stays a plain one; before 8 hist had 32
-bits, of which the low 16 are kept, and no level-shift run is under way); version 2 has
+bits, of which the low 16 are kept, and no level-shift run is under way; before 9 the error
+tail starts afresh, and version 5 to 8's ``pick``, a forecast choice since removed, is
+dropped); version 2 has
 no x_min, x_max: the range restarts as the mean +- RESTORED_RANGE_STD std.
 
 Stream ids live in a byte arena (UTF-8), found through an open-addressing hash table
@@ -107,6 +110,14 @@ ERR_VAR = 2  # variance of the normal-error distribution
 ERR_COUNT = 3  # updates of ERR_MEAN/ERR_VAR so far (early EWMA weights are 1/count)
 DT_MEAN = 4  # the stream's usual interval between points, seconds (EWMA)
 ERR_COLUMNS = 5
+
+# Columns of the record's ``peaks``: the generalized Pareto tail of the prediction error's
+# magnitude above a high quantile u (detector.stream.scoring, step 4).
+PEAKS_U = 0  # u, the stream's (1 - scoring.peaks_quantile) quantile of e_t, tracked online
+PEAKS_M1 = 1  # mean of the excesses e_t - u over the points with e_t > u
+PEAKS_M2 = 2  # mean of their squares
+PEAKS_N = 3  # excesses seen so far (early weights are 1 / n)
+PEAKS_COLUMNS = 4
 
 # The daily profile (detector.stream.scoring, seasonal score): bins of the time of day, and
 # the fixed-point scales its per-bin mean and deviation are stored in.
@@ -220,7 +231,7 @@ def record_dtype(layout: TableLayout) -> np.dtype:
         ("pred", f, (D,)),
         ("x_min", f, (D,)),
         ("x_max", f, (D,)),
-        ("pick", f, ()),
+        ("peaks", f, (PEAKS_COLUMNS,)),
         ("seen", np.dtype("<i4"), ()),
         ("hist", np.dtype("<u2"), ()),
         ("shift_run", np.dtype("i1"), ()),
@@ -243,11 +254,12 @@ def record_dtype(layout: TableLayout) -> np.dtype:
     return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": size})
 
 
-def _row_dtype(layout: TableLayout, version: int = 8) -> np.dtype:
-    """One row as serialised: packed, little-endian, in this field order (format version 8;
-    version 7 has hist in a uint32 and no shift_run, version 6 also the cooldown count in an
-    int32 and no alert_score, version 5 also the ring in the table's float type, version 4
-    also lacks pick, version 3 also the seasonal fields, version 2 also x_min and x_max)."""
+def _row_dtype(layout: TableLayout, version: int = 9) -> np.dtype:
+    """One row as serialised: packed, little-endian, in this field order (format version 9;
+    version 8 has pick in place of peaks, version 7 also hist in a uint32 and no shift_run,
+    version 6 also the cooldown count in an int32 and no alert_score, version 5 also the
+    ring in the table's float type, version 4 also lacks pick, version 3 also the seasonal
+    fields, version 2 also x_min and x_max)."""
     f = np.dtype(layout.dtype).newbyteorder("<")
     L, H, D = layout.layers, layout.hidden, layout.n_values
     value_range = [("x_min", f, (D,)), ("x_max", f, (D,))] if version >= 3 else []
@@ -279,7 +291,8 @@ def _row_dtype(layout: TableLayout, version: int = 8) -> np.dtype:
             *([("cooldown", "<u2"), ("alert_score", "<u2")] if version >= 7 else []),
             *([("cooldown", "<i4")] if version < 7 else []),
             *seasonal,
-            *([("pick", f)] if version >= 5 else []),
+            *([("pick", f)] if 5 <= version <= 8 else []),
+            *([("peaks", f, (PEAKS_COLUMNS,))] if version >= 9 else []),
         ]
     )
 
@@ -300,14 +313,14 @@ def _aligned_zeros(shape: tuple[int, ...], dtype: np.dtype) -> NDArray[np.generi
 
 # Versioned header of serialised state: magic, format version, the layout.
 _MAGIC = b"DST"
-# 8: shift_run, hist in 16 bits; 7: alert_score, the cooldown count in 16 bits; 6: the ring
-# in float16; 5: pick; 4: the daily profile; 3: x_min, x_max; 2: offset, ring marks, shared
-# err columns.
-_VERSION = 8
-# Versions this build restores (older rings are rounded to half precision, older rows
-# restart with pick 0, and before 4 with an empty daily profile; before 7 a running
+# 9: peaks, no pick; 8: shift_run, hist in 16 bits; 7: alert_score, the cooldown count in 16
+# bits; 6: the ring in float16; 5: pick; 4: the daily profile; 3: x_min, x_max; 2: offset,
+# ring marks, shared err columns.
+_VERSION = 9
+# Versions this build restores (older rings are rounded to half precision; before 9 the
+# error tail starts afresh, before 4 the daily profile starts empty; before 7 a running
 # cooldown stays a plain one; before 8 no level-shift run is under way).
-_READS = (2, 3, 4, 5, 6, 7, 8)
+_READS = (2, 3, 4, 5, 6, 7, 8, 9)
 # A version-2 row has no value range: it restarts as x_mean +- this many std, so a restored
 # stream does not call its first points "never seen".
 RESTORED_RANGE_STD = 4.0
@@ -872,8 +885,8 @@ class StreamStateTable:
         return self.rec["alert_score"]
 
     @property
-    def pick(self) -> NDArray[np.floating]:
-        return self.rec["pick"]
+    def peaks(self) -> NDArray[np.floating]:
+        return self.rec["peaks"]
 
     @property
     def tail(self) -> NDArray[np.float16]:
@@ -1179,8 +1192,8 @@ class StreamStateTable:
     def _unpack_rows(self, slots: NDArray[np.int64], rows: NDArray[np.void]) -> None:
         names = rows.dtype.names or ()
         # Converted below, each written once (the cooldown count of format 2 to 6 is int32,
-        # hist of 2 to 7 uint32).
-        converted = {"ring", "seen", "hist"} | (
+        # hist of 2 to 7 uint32), or dropped (pick, format 5 to 8).
+        converted = {"ring", "seen", "hist", "pick"} | (
             {"cooldown"} if "alert_score" not in names else set()
         )
         for name in names:
@@ -1198,8 +1211,8 @@ class StreamStateTable:
             # runs out: nothing scores above the top, so the stream escalates on nothing.
             self.cooldown[slots] = np.minimum(rows["cooldown"], MAX_ESCALATION_WINDOW)
             self.alert_score[slots] = ALERT_SCORE_SCALE
-        if "pick" not in names:  # format version 2 to 4: persistence until the model is better
-            self.pick[slots] = 0
+        if "peaks" not in names:  # format version 2 to 8: the error tail starts afresh
+            self.peaks[slots] = 0
         if "season" not in names:  # format version 2 or 3: the daily profile starts empty
             self.season_mean[slots] = 0
             self.season_dev[slots] = 0

@@ -101,6 +101,62 @@ def tail_scores(z, out, n: int) -> None:  # type: ignore[no-untyped-def]  # prag
         out[j] = 1.0 if zj >= _Z_ONE else score
 
 
+# The peaks score (detector.stream.scoring, step 4): extreme value theory's peaks over a
+# threshold (Pickands 1975; Siffer et al., "Anomaly Detection in Streams with Extreme Value
+# Theory", KDD 2017), fitted online per stream to the prediction error's magnitude e_t.
+# Above u, the stream's (1 - q) quantile of e_t, the excesses y = e_t - u follow a
+# generalized Pareto distribution with shape xi and scale sigma, so that
+#     P(e > u + y) = q (1 + xi y / sigma)^(-1 / xi)      (q exp(-y / sigma) at xi = 0)
+# and the score is -log10 of that, / 10, the scale of tail_score. xi and sigma come from the
+# mean m1 and mean square m2 of the recent excesses (method of moments: xi = (1 - m1² /
+# var) / 2), xi kept in [0, PEAKS_XI_MAX]: a bounded tail (xi < 0) is not trusted from a few
+# excesses, and past 1/2 the variance the estimate rests on is infinite. sigma = m1 (1 - xi)
+# keeps the fitted mean excess m1. Unlike a z-score, this is calibrated whatever the shape
+# of a stream's errors: Gaussian noise (light tail) or the rare large steps of a stepped
+# signal (heavy tail) alike reach 0.5 about once per 1e5 points.
+PEAKS_XI_MAX = 0.5
+PEAKS_MIN_EXCESSES = 5  # a stream scores once its tail has seen this many excesses
+PEAKS_WEIGHT = 0.05  # EWMA weight of an excess (after the first 1/n): about the last 20
+PEAKS_STEP = 0.02  # u's step per point, in units of the stream's mean error (after 1/count)
+PEAKS_FLOOR = 0.01  # of sigma and of the step's scale, in normalised units
+
+
+@njit(**_JIT)
+def peaks_score(y: float, m1: float, m2: float, q: float) -> float:  # pragma: no cover
+    """The score of an excess y > 0 over u, given the excesses' moments (module notes)."""
+    var = m2 - m1 * m1
+    xi = 0.5 * (1.0 - m1 * m1 / var) if var > 0.0 else 0.0
+    xi = min(max(xi, 0.0), PEAKS_XI_MAX)
+    z = y / max(m1 * (1.0 - xi), PEAKS_FLOOR)
+    log_tail = math.log1p(xi * z) / xi if xi > 1e-6 else z
+    return min((log_tail - math.log(q)) * -_LOG_TO_SCORE, 1.0)
+
+
+@njit(**_JIT)
+def peaks_learn(rec, s: int, c: int, e: float, count: float, scale: float, q: float) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
+    """Row ``s`` of ``rec`` keeps the tail at columns c + (u, m1, m2, n) (state.PEAKS_*):
+    learn the error e_t, the ``count``-th the statistics learn (the first sets u). u moves
+    up by (1 - q) steps when exceeded and down by q steps otherwise, so it settles where
+    a fraction q of the errors exceed it."""
+    u = float(rec[s, c])
+    if count <= 1.0:
+        rec[s, c] = e
+        return
+    step = max(PEAKS_STEP, 1.0 / count) * max(scale, PEAKS_FLOOR)
+    if e > u:
+        n = float(rec[s, c + 3]) + 1.0
+        w = max(1.0 / n, PEAKS_WEIGHT)
+        y = e - u
+        m1 = float(rec[s, c + 1])
+        m2 = float(rec[s, c + 2])
+        rec[s, c + 1] = m1 + w * (y - m1)
+        rec[s, c + 2] = m2 + w * (y * y - m2)
+        rec[s, c + 3] = n
+        rec[s, c] = u + step * (1.0 - q)
+    else:
+        rec[s, c] = max(u - step * q, 0.0)
+
+
 @njit(**_JIT)
 def ewm_alpha(count: float, alpha: float) -> float:  # pragma: no cover - jitted
     """Weight of the ``count``-th update: the plain average until it is older than the span."""

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import genpareto, norm
 
 from detector.config import ScoringSettings, StreamSettings
 from detector.model.params import LSTMParams
@@ -35,6 +35,16 @@ def ref_tail_score(z: float) -> float:
     if tail <= 1e-10:
         return 1.0
     return float(np.clip(-math.log10(tail) / 10.0, 0.0, 1.0))
+
+
+def ref_peaks_score(y: float, m1: float, m2: float, q: float) -> float:
+    """-log10(q P[GPD > y]) / 10, the GPD's shape by the method of moments (clipped to
+    [0, 1/2]) and its scale keeping the mean excess m1 (floored at 0.01)."""
+    var = m2 - m1 * m1
+    xi = float(np.clip(0.5 * (1.0 - m1 * m1 / var), 0.0, 0.5)) if var > 0 else 0.0
+    sigma = max(m1 * (1.0 - xi), 0.01)
+    tail = q * genpareto.sf(y, c=xi, scale=sigma)
+    return min(-math.log10(tail) / 10.0, 1.0) if tail > 0 else 1.0
 
 
 def ref_dynamic_epsilon(errors: np.ndarray, min_std: float) -> float:
@@ -103,6 +113,10 @@ class RefStream:
     err_mean: float = 0.0
     err_var: float = 0.0
     err_count: int = 0
+    peaks_u: float = 0.0  # the error's tail: the (1 - q) quantile tracked, excess moments
+    peaks_m1: float = 0.0
+    peaks_m2: float = 0.0
+    peaks_n: int = 0
     short: float = 0.0
     eps: float = 0.0
     dt_mean: float = 0.0
@@ -138,6 +152,8 @@ class RefStream:
         self.smooth = self.err_mean = self.err_var = self.short = self.eps = 0.0
         self.dt_mean = 0.0
         self.err_count = self.seen = 0
+        self.peaks_u = self.peaks_m1 = self.peaks_m2 = 0.0
+        self.peaks_n = 0
         self.since_alert, self.alert_level = NEVER, 0
         self.shift_run = 0
         self.history = []
@@ -193,6 +209,25 @@ class RefScorer:
 
     def alpha(self, span: int) -> float:
         return 2.0 / (span + 1.0)
+
+    @staticmethod
+    def learn_peaks(s: RefStream, e: float, q: float) -> None:
+        """u: up (1 - q) steps when exceeded, down q steps otherwise (never below 0), the
+        step 0.02 (1 / count at first) of the mean error; the excesses' moments: EWMA with
+        weight 1/n, then 0.05."""
+        if s.err_count == 1:
+            s.peaks_u = e
+            return
+        step = max(0.02, 1.0 / s.err_count) * max(s.err_mean, 0.01)
+        if e > s.peaks_u:
+            s.peaks_n += 1
+            w = max(1.0 / s.peaks_n, 0.05)
+            y = e - s.peaks_u
+            s.peaks_m1 += w * (y - s.peaks_m1)
+            s.peaks_m2 += w * (y * y - s.peaks_m2)
+            s.peaks_u += step * (1 - q)
+        else:
+            s.peaks_u = max(s.peaks_u - step * q, 0.0)
 
     def point(self, key: str, ts: float, x: np.ndarray, offset: int = -1) -> RefResult:
         """One point; ``offset`` >= 0 is its input offset (a replay when not above the
@@ -286,9 +321,13 @@ class RefScorer:
             warm = s.seen >= sc.warmup
             spread = max(math.sqrt(s.err_var), sc.min_error_std)
             observed = s.smooth
+            peak = 0.0  # the peaks score: e beyond the tail's u
+            if sc.peaks_quantile > 0 and s.peaks_n >= 5 and e > s.peaks_u:
+                peak = ref_peaks_score(e - s.peaks_u, s.peaks_m1, s.peaks_m2, sc.peaks_quantile)
             if sc.mode == "zscore":
                 if s.err_count:
                     result.score = ref_tail_score((s.smooth - s.err_mean) / spread)
+                result.score = max(result.score, peak)
                 marks = max(result.score, novelty) >= sc.threshold  # not by the seasonal
                 result.score = max(result.score, novelty, season)
                 exceeds = result.score >= sc.threshold
@@ -297,6 +336,7 @@ class RefScorer:
                 s.short = e if s.seen == 1 else s.short + self.alpha(sc.short_span) * (e - s.short)
                 if s.err_count:
                     result.score = ref_tail_score((s.short - s.err_mean) / spread)
+                result.score = max(result.score, peak)
                 marks = max(result.score, novelty) >= sc.threshold  # not by the seasonal
                 result.score = max(result.score, novelty, season)
                 exceeds = result.score >= sc.threshold
@@ -318,6 +358,8 @@ class RefScorer:
                 delta = observed - s.err_mean
                 s.err_mean += a * delta
                 s.err_var = (1 - a) * (s.err_var + a * delta * delta)
+                if sc.peaks_quantile > 0:
+                    self.learn_peaks(s, e, sc.peaks_quantile)
                 if season_u is not None and season_r is not None:
                     delta = season_u - s.season_u_mean
                     s.season_u_mean += a * delta

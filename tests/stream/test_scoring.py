@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.testing as npt
 import pytest
@@ -307,8 +309,9 @@ def test_after_the_cooldown_only_a_higher_score_alerts_until_the_window_ends(win
     (221) does, and once the window is over a lower one (281) does again. With a window of
     5 (a plain cooldown) every exceeding point after the cooldown alerts."""
     scoring = ScoringSettings(
-        mode="zscore", warmup=50, threshold=0.2, novelty_scale=0.0, stats_learn_all=False,
-        cooldown=5, escalation_window=window, min_error_std=1.0,  # the scores the steps need
+        mode="zscore", warmup=50, threshold=0.2, novelty_scale=0.0, peaks_quantile=0.0,
+        stats_learn_all=False, cooldown=5, escalation_window=window,
+        min_error_std=1.0,  # the scores the steps need
     )  # fmt: skip
     table, params, config = make_group(scoring, StreamSettings(), dtype="float32", persistence=True)
     rng = np.random.default_rng(0)
@@ -571,9 +574,7 @@ def test_the_persistence_forecast_is_the_previous_value_whatever_the_model() -> 
             scoring = ScoringSettings(mode="likelihood", warmup=50, forecast=forecast)
             table, params, config = make_group(scoring, StreamSettings(), seed=3)
             params.tensors()["head.V2"][:] += offset  # a model far from persistence
-            runs[forecast, offset] = run_batches(
-                table, params, config, ["a"] * n, ts, values, 64
-            )
+            runs[forecast, offset] = run_batches(table, params, config, ["a"] * n, ts, values, 64)
     for name in ("score", "error", "predicted"):
         npt.assert_array_equal(runs["persistence", 0.0][name], runs["persistence", 1.0][name])
     # In the input's units through the stream's current normalisation, which has moved a
@@ -792,8 +793,8 @@ def test_after_a_level_shift_a_noise_burst_scores_as_before_it() -> None:
     norm_clip std inflates the input variance, and without a new baseline it stays inflated
     for days (every error is small in input units). A burst of noise 4 times the stream's
     then scores nearly as high (at least 0.4 times) 300 points after the shift as the same
-    burst before it, and ten times lower without level shifts. (Without the novelty score, which sees the
-    burst before the shift as never-seen values.)"""
+    burst before it, and ten times lower without level shifts. (Without the novelty score,
+    which sees the burst before the shift as never-seen values.)"""
     ts, values = _shifted_stream()
     burst = 1.2 * np.random.default_rng(2).normal(0, 1, (30, 1))
     values[1000:1030] += burst
@@ -857,3 +858,73 @@ def test_level_shift_settings_fit_the_record_and_the_clip() -> None:
     assert StreamSettings(level_shift_points=0, level_shift_std=10.0).level_shift_std == 10.0
     with pytest.raises(ValidationError, match="hysteresis_n"):
         ScoringSettings(hysteresis_n=17)
+
+
+def test_peaks_score_equals_the_generalized_pareto_tail() -> None:
+    """peaks_score against scipy's GPD survival function, through the reference."""
+    from detector.stream.threshold import peaks_score
+    from tests.reference.stream_scoring import ref_peaks_score
+
+    for y, m1, m2, q in (
+        (0.5, 0.2, 0.08, 0.02),  # exponential (var = m1²): xi 0
+        (2.0, 0.2, 0.2, 0.02),  # heavy: xi clipped at 1/2
+        (1.0, 0.3, 0.15, 0.05),
+        (0.01, 0.3, 0.15, 0.05),  # just over u
+        (3.0, 0.2, 0.05, 0.02),  # light (var < m1²): xi 0
+        (50.0, 0.1, 0.02, 0.02),  # far out: 1
+    ):
+        assert peaks_score(y, m1, m2, q) == pytest.approx(ref_peaks_score(y, m1, m2, q), abs=1e-9)
+
+
+def test_the_tails_threshold_settles_at_its_quantile() -> None:
+    """u moves up (1 - q) steps when exceeded and down q steps otherwise: on exponential
+    errors it settles near their (1 - q) quantile, -ln q."""
+    from detector.stream.threshold import peaks_learn
+
+    rng = np.random.default_rng(1)
+    rec = np.zeros((1, 4))
+    for count, e in enumerate(rng.exponential(1.0, 50_000), start=1):
+        peaks_learn(rec, 0, 0, float(e), float(count), 1.0, 0.02)
+    assert rec[0, 0] == pytest.approx(-math.log(0.02), rel=0.15)
+    assert rec[0, 1] == pytest.approx(1.0, rel=0.5)  # the mean excess of an exponential
+
+
+def test_peaks_catch_a_spike_in_gaussian_noise_without_false_alerts() -> None:
+    """20 streams of Gaussian noise, one 8-sigma spike each: no noise point reaches 0.5
+    (56,000 of them: the tail's 1e-5 is about one), while the peaks score lifts most spikes
+    over it, which the likelihood's short-term mean alone dilutes below."""
+    rng = np.random.default_rng(7)
+    S, n = 20, 3000
+    values = rng.normal(0, 1, (n, S))
+    values[2000] += 8.0
+    keys = [f"s{k}" for k in range(S)] * n
+    ts = np.repeat(1_700_000_000.0 + 60.0 * np.arange(n), S)
+    caught = {}
+    for q in (0.0, 0.02):
+        scoring = ScoringSettings(
+            mode="likelihood", warmup=100, novelty_scale=0.0, seasonal=False, peaks_quantile=q
+        )
+        table, params, config = make_group(scoring, StreamSettings(), persistence=True)
+        out = run_batches(table, params, config, keys, ts, values.reshape(-1, 1), 1024)
+        score = out["score"].reshape(n, S)
+        noise = np.delete(score, [2000, 2001], axis=0)[200:]
+        assert (noise < 0.5).all()
+        caught[q] = int((score[2000:2002].max(axis=0) >= 0.5).sum())
+    assert caught[0.0] == 0 and caught[0.02] >= 10
+
+
+def test_peaks_learn_that_a_stepped_signals_steps_are_ordinary() -> None:
+    """A flat signal that steps by 60 noise widths every 200 points: its errors are tiny
+    but for the steps, a heavy tail; after the first few the steps score low."""
+    rng = np.random.default_rng(7)
+    n = 6000
+    step = np.where(np.arange(n) % 200 == 100, 3.0, 0.0)
+    values = np.cumsum(step * np.where((np.arange(n) // 200) % 2 == 0, 1, -1))
+    values = (values + rng.normal(0, 0.05, n)).reshape(n, 1)
+    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    scoring = ScoringSettings(mode="likelihood", warmup=100, novelty_scale=0.0, seasonal=False)
+    table, params, config = make_group(
+        scoring, StreamSettings(level_shift_points=0), persistence=True
+    )
+    out = run_batches(table, params, config, ["a"] * n, ts, values, 1024)
+    assert out["score"][np.arange(100, n, 200)][5:].max() < 0.2

@@ -269,7 +269,8 @@ def _stream_bytes_of_version(
     row = np.frombuffer(current[_HEADER.size :], _row_dtype(table.layout))
     old = np.empty(1, _row_dtype(table.layout, version))
     for name in old.dtype.names or ():
-        old[name] = fields.get(name, row[name])
+        # A field this version no longer has (pick) is 0 unless given
+        old[name] = fields.get(name, row[name] if name in (row.dtype.names or ()) else 0)
     return current[:3] + bytes([version]) + current[4 : _HEADER.size] + old.tobytes()
 
 
@@ -308,18 +309,23 @@ def test_state_of_format_version_3_restores_with_an_empty_daily_profile() -> Non
     assert not table.season[slot].any()
 
 
-def test_state_of_format_version_4_restores_with_pick_0() -> None:
-    """Version 4 had no pick (persistence_span): it restarts at 0, everything else as saved."""
+def test_state_of_format_version_8_drops_pick_and_starts_the_error_tail_afresh() -> None:
+    """Versions 5 to 8 had pick (a forecast choice since removed) and no error tail: the
+    pick is dropped, the tail restarts at 0, everything else as saved."""
     table = StreamStateTable(LAYOUT, max_streams=10)
     slot = table.slots(["a"], now=0.0)[0]
     table.seen[slot] = 7
     table.season_mean[slot] = 1000
-    table.pick[slot] = -0.25
+    table.peaks[slot] = [0.5, 0.25, 0.125, 3.0]
     table.restore_stream("a", table.stream_bytes("a"), now=0.0)
-    assert table.pick[slot] == -0.25  # this version keeps it
-    table.restore_stream("a", _stream_bytes_of_version(table, "a", 4), now=0.0)
-    assert table.seen[slot] == 7 and table.season_mean[slot][0] == 1000
-    assert table.pick[slot] == 0.0
+    npt.assert_array_equal(table.peaks[slot], [0.5, 0.25, 0.125, 3.0])  # this version keeps it
+    for version in (5, 8):
+        table.restore_stream(
+            "a", _stream_bytes_of_version(table, "a", version, pick=-0.25), now=0.0
+        )
+        assert table.seen[slot] == 7 and table.season_mean[slot][0] == 1000
+        assert not table.peaks[slot].any()
+        table.peaks[slot] = [0.5, 0.25, 0.125, 3.0]
 
 
 def test_state_of_format_version_5_restores_its_ring_at_half_precision() -> None:
