@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as reference_murmur2
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.kafka.partitioner import key_partitions, murmur2
@@ -36,6 +36,7 @@ def test_murmur2_equals_aiokafkas(key: bytes) -> None:
     assert _jitted(key) == reference_murmur2(key)
 
 
+@settings(deadline=None)  # the first example loads the jitted partitioner (slow on a busy host)
 @given(st.lists(st.binary(max_size=40), max_size=50), st.integers(1, 64))
 def test_key_partitions_equal_the_default_partitioners(keys: list[bytes], n: int) -> None:
     every = list(range(n))
