@@ -162,6 +162,7 @@ from detector.stream.state import (
     seen_rewind,
 )
 from detector.stream.threshold import (
+    PEAKS_GAIN,
     PEAKS_MIN_EXCESSES,
     dynamic_epsilon,
     dynamic_keeps_last_run,
@@ -540,6 +541,9 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     novelty = novelty_scale > 0.0
     peaks_q = cfg[C_PEAKS_Q]
     peaks = peaks_q > 0.0 and mode != MODE_DYNAMIC
+    # the factors of the tail's u per point (threshold.peaks_factors)
+    peaks_up = math.exp(PEAKS_GAIN * (1.0 - peaks_q))
+    peaks_down = math.exp(-PEAKS_GAIN * peaks_q)
     persistence = cfg[C_PERSISTENCE] != 0.0  # the baseline forecast instead of the model's
     shift_points = int(cfg[C_SHIFT_POINTS])
     shift_std = cfg[C_SHIFT_STD]
@@ -897,9 +901,8 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                         rec_f[s, c_err + ERR_COUNT] = count
                         if peaks:
                             peaks_learn(
-                                rec_f, s, c_peaks, errs[j], count,
-                                float(rec_f[s, c_err + ERR_MEAN]), peaks_q,
-                            )  # fmt: skip
+                                rec_f, s, c_peaks, errs[j], count <= 1.0, peaks_up, peaks_down
+                            )
                         if s_u[j] != _NO_SEASON:  # the seasonal statistics, same weights
                             u = s_u[j]
                             s_mean = float(rec_f[s, c_season + SEASON_MEAN])

@@ -117,8 +117,11 @@ def tail_scores(z, out, n: int) -> None:  # type: ignore[no-untyped-def]  # prag
 PEAKS_XI_MAX = 0.5
 PEAKS_MIN_EXCESSES = 5  # a stream scores once its tail has seen this many excesses
 PEAKS_WEIGHT = 0.05  # EWMA weight of an excess (after the first 1/n): about the last 20
-PEAKS_STEP = 0.02  # u's step per point, in units of the stream's mean error (after 1/count)
-PEAKS_FLOOR = 0.01  # of sigma and of the step's scale, in normalised units
+# u moves in log space, by a factor exp(PEAKS_GAIN (1 - q)) up when exceeded and exp(-PEAKS_GAIN
+# q) down otherwise: scale-free, and as quick to come down from an early error of a stream
+# still settling (a hundred times its later errors) as to go up.
+PEAKS_GAIN = 0.1
+PEAKS_FLOOR = 0.01  # of sigma and of u, in normalised units
 
 
 @njit(**_JIT)
@@ -133,16 +136,16 @@ def peaks_score(y: float, m1: float, m2: float, q: float) -> float:  # pragma: n
 
 
 @njit(**_JIT)
-def peaks_learn(rec, s: int, c: int, e: float, count: float, scale: float, q: float) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
+def peaks_learn(rec, s: int, c: int, e: float, first: bool, up: float, down: float) -> None:  # type: ignore[no-untyped-def]  # pragma: no cover
     """Row ``s`` of ``rec`` keeps the tail at columns c + (u, m1, m2, n) (state.PEAKS_*):
-    learn the error e_t, the ``count``-th the statistics learn (the first sets u). u moves
-    up by (1 - q) steps when exceeded and down by q steps otherwise, so it settles where
-    a fraction q of the errors exceed it."""
+    learn the error e_t (``first``: the first the statistics learn, which sets u). u is
+    multiplied by ``up`` (exp(PEAKS_GAIN (1 - q))) when exceeded and by ``down``
+    (exp(-PEAKS_GAIN q)) otherwise, so it settles where a fraction q of the errors exceed
+    it."""
     u = float(rec[s, c])
-    if count <= 1.0:
-        rec[s, c] = e
+    if first:
+        rec[s, c] = max(e, PEAKS_FLOOR)
         return
-    step = max(PEAKS_STEP, 1.0 / count) * max(scale, PEAKS_FLOOR)
     if e > u:
         n = float(rec[s, c + 3]) + 1.0
         w = max(1.0 / n, PEAKS_WEIGHT)
@@ -152,9 +155,14 @@ def peaks_learn(rec, s: int, c: int, e: float, count: float, scale: float, q: fl
         rec[s, c + 1] = m1 + w * (y - m1)
         rec[s, c + 2] = m2 + w * (y * y - m2)
         rec[s, c + 3] = n
-        rec[s, c] = u + step * (1.0 - q)
+        rec[s, c] = u * up
     else:
-        rec[s, c] = max(u - step * q, 0.0)
+        rec[s, c] = max(u * down, PEAKS_FLOOR)
+
+
+def peaks_factors(q: float) -> tuple[float, float]:
+    """(up, down) of :func:`peaks_learn` for the quantile 1 - q."""
+    return math.exp(PEAKS_GAIN * (1.0 - q)), math.exp(-PEAKS_GAIN * q)
 
 
 @njit(**_JIT)

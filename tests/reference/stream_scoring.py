@@ -212,22 +212,20 @@ class RefScorer:
 
     @staticmethod
     def learn_peaks(s: RefStream, e: float, q: float) -> None:
-        """u: up (1 - q) steps when exceeded, down q steps otherwise (never below 0), the
-        step 0.02 (1 / count at first) of the mean error; the excesses' moments: EWMA with
-        weight 1/n, then 0.05."""
+        """u: up by a factor exp(0.1 (1 - q)) when exceeded, down by exp(-0.1 q) otherwise
+        (never below 0.01); the excesses' moments: EWMA with weight 1/n, then 0.05."""
         if s.err_count == 1:
-            s.peaks_u = e
+            s.peaks_u = max(e, 0.01)
             return
-        step = max(0.02, 1.0 / s.err_count) * max(s.err_mean, 0.01)
         if e > s.peaks_u:
             s.peaks_n += 1
             w = max(1.0 / s.peaks_n, 0.05)
             y = e - s.peaks_u
             s.peaks_m1 += w * (y - s.peaks_m1)
             s.peaks_m2 += w * (y * y - s.peaks_m2)
-            s.peaks_u += step * (1 - q)
+            s.peaks_u *= math.exp(0.1 * (1 - q))
         else:
-            s.peaks_u = max(s.peaks_u - step * q, 0.0)
+            s.peaks_u = max(s.peaks_u * math.exp(-0.1 * q), 0.01)
 
     def point(self, key: str, ts: float, x: np.ndarray, offset: int = -1) -> RefResult:
         """One point; ``offset`` >= 0 is its input offset (a replay when not above the
