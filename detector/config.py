@@ -117,13 +117,13 @@ class ScoringSettings(_Section):
         "probability under it (zscore and likelihood modes); 0: off",
     )
     novelty_scale: float = Field(
-        0.03,
+        0.0,
         ge=0,
         description="score at least r / (r + novelty_scale), r = how far a value lies outside "
         "the range of the stream's earlier values, in units of that range; 0: off",
     )
     seasonal: bool = Field(
-        True,
+        False,
         description="score the deviation from the stream's daily profile (time-of-day bins) "
         "too, while that profile explains at least seasonal_gate of the input's variance "
         "(likelihood and zscore modes, one value per point); what it alone lifts over the "
@@ -372,7 +372,10 @@ class RetrainingSettings(_Section):
     min_windows: int = Field(32, ge=2, description="fewest windows a run trains on")
     max_windows: int = Field(4096, ge=2, description="windows sampled per run, at most")
     tolerance: float = Field(
-        0.0, ge=0, description="a candidate must beat the current loss by this fraction"
+        0.1,
+        ge=0,
+        description="a candidate must beat the current loss by this fraction: a swap leaves "
+        "the streams' error statistics describing the old model's errors",
     )
     persistent_fraction: float = Field(
         0.5,

@@ -35,6 +35,8 @@ ENV = {
     "DETECTOR_MODEL__HIDDEN_SIZE": "8",
     "DETECTOR_RETRAINING__INTERVAL_S": "3600",
     "DETECTOR_RETRAINING__MIN_WINDOWS": "8",
+    # Any better candidate goes live: two epochs rarely gain the default tolerance's 10%.
+    "DETECTOR_RETRAINING__TOLERANCE": "0",
     "DETECTOR_SCORING__WARMUP": "50",
     "DETECTOR_SCORING__MODE": "zscore",
     "DETECTOR_SCORING__THRESHOLD": "0.8",

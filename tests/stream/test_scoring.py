@@ -398,7 +398,9 @@ def test_replay_after_restore_equals_an_uninterrupted_run(mode: str) -> None:
     """Kafka replay: the state is saved after offset 599, the consumer restarts from an
     older committed offset (450): the points it sees again are skipped as REPLAYED, and
     everything after them is as if the process had never stopped."""
-    scoring = ScoringSettings(mode=mode, warmup=10, threshold=0.15, dynamic_window=16)
+    scoring = ScoringSettings(  # novelty: alerts to restore in the dynamic mode too
+        mode=mode, warmup=10, threshold=0.15, dynamic_window=16, novelty_scale=0.03
+    )
     streams = StreamSettings(buffer_len=8)
     keys, ts, values = synthetic_points(np.random.default_rng(5), 900, n_streams=4, D=1)
     offsets = np.arange(900, dtype=np.int64) + 10_000
