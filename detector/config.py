@@ -117,10 +117,11 @@ class ScoringSettings(_Section):
         "probability under it (zscore and likelihood modes); 0: off",
     )
     novelty_scale: float = Field(
-        0.0,
+        0.2,
         ge=0,
         description="score at least r / (r + novelty_scale), r = how far a value lies outside "
-        "the range of the stream's earlier values, in units of that range; 0: off",
+        "the range of the stream's earlier values, in units of that range, once the stream "
+        "has run a day; 0: off",
     )
     seasonal: bool = Field(
         False,

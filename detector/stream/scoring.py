@@ -38,7 +38,8 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    r = max_d max(x_t,d - hi_d, lo_d - x_t,d, 0) / max(hi_d - lo_d, min_std) is how far x_t
    lies outside the range [lo, hi] of the stream's earlier raw values, in units of that
    range (values never seen before; Numenta's "spatial anomaly", the idea of CAD OSE's
-   novel contexts). The range learns every point, anomalies included (step 6), so a
+   novel contexts), once the stream has run a day (its points before this one times its
+   usual interval; before, its range lacks phases of its daily cycle). The range learns every point, anomalies included (step 6), so a
    recurring excursion is novel once. The dynamic mode's point also exceeds when the
    novelty score reaches the threshold.
    With ``seasonal`` (one value per point, likelihood and zscore modes), the score is also
@@ -754,7 +755,10 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 zs[m] = 0.0
                 s_z[m] = -40.0
                 s_u[m] = _NO_SEASON
-                novel[m] = r if n > 0 and novelty else 0.0
+                # Novelty once the stream has run a day: before, its range lacks phases of
+                # its daily cycle, and noise sets new extremes by chance.
+                known = n * float(rec_f[s, c_err + DT_MEAN]) >= _DAY
+                novel[m] = r if n > 0 and novelty and known else 0.0
                 far_out[m] = 1.0 if far else 0.0
                 peak[m] = 0.0
                 if n == 0:

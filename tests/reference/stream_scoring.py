@@ -276,7 +276,7 @@ class RefScorer:
         result = RefResult("no_prediction" if first else "scored", gap)
         exceeds = marks = False  # marks: the ring entry's mark
         novelty = 0.0
-        if not first and sc.novelty_scale > 0:
+        if not first and sc.novelty_scale > 0 and s.seen * s.dt_mean >= 86400.0:
             outside = np.maximum(np.maximum(x - s.hi, s.lo - x), 0.0)
             r = float(np.max(outside / np.maximum(s.hi - s.lo, st.min_std)))
             novelty = r / (r + sc.novelty_scale)

@@ -402,7 +402,10 @@ def test_replay_after_restore_equals_an_uninterrupted_run(mode: str) -> None:
         mode=mode, warmup=10, threshold=0.15, dynamic_window=16, novelty_scale=0.03
     )
     streams = StreamSettings(buffer_len=8)
-    keys, ts, values = synthetic_points(np.random.default_rng(5), 900, n_streams=4, D=1)
+    # 10-minute points: the streams pass a day (novelty) before the restore
+    keys, ts, values = synthetic_points(
+        np.random.default_rng(5), 900, n_streams=4, D=1, interval=600.0
+    )
     offsets = np.arange(900, dtype=np.int64) + 10_000
     table, params, config = make_group(scoring, streams, dtype="float32")
     whole = run_batches(table, params, config, keys, ts, values, batch=50, offsets=offsets)
@@ -523,7 +526,7 @@ def test_novelty_scores_a_value_never_seen_once() -> None:
     n = 600
     values = np.sin(np.arange(n) / 10.0).reshape(n, 1)
     values[400] = values[500] = 2.0  # the range is [-1, 1]: r = 0.5 the first time
-    ts = 1_700_000_000.0 + 60.0 * np.arange(n)
+    ts = 1_700_000_000.0 + 300.0 * np.arange(n)  # past a day (novelty) by point 288
     scores = {}
     for scale in (0.0, 0.02):
         scoring = ScoringSettings(
