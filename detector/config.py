@@ -370,7 +370,13 @@ class RetrainingSettings(_Section):
     interval_points: int = Field(
         0, ge=0, description="also retrain after this many points of a group; 0: time only"
     )
-    min_windows: int = Field(32, ge=2, description="fewest windows a run trains on")
+    min_windows: int = Field(
+        16,
+        ge=2,
+        description="fewest windows a run trains on; at most what one stream's full buffer "
+        "gives ((buffer_len - window_len) // stride + 1, 25 by default), or a group of one "
+        "stream never trains",
+    )
     max_windows: int = Field(4096, ge=2, description="windows sampled per run, at most")
     tolerance: float = Field(
         0.1,

@@ -157,3 +157,24 @@ def test_invalid_configuration_exits_2_naming_the_key(tmp_path: Path) -> None:
     done = detector("--config", str(cfg), cwd=tmp_path, spike_scoring=False)
     assert done.returncode == 2
     assert b"scoring.mode" in done.stderr
+
+
+def test_the_readme_main_job_alerts_with_trained_models(tmp_path: Path) -> None:
+    """The README's main job, as written (default settings): the replay of the bundled
+    sample retrains on data time, so every alert names a trained model version."""
+    sample = Path(__file__).resolve().parents[1] / "detector/samples/nab-sample.jsonl"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "detector", "run", "--source", f"file:{sample}"],
+        capture_output=True,
+        cwd=tmp_path,
+        env={**env, "DETECTOR_LOG__FORMAT": "json"},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    alerts = alerts_of(done.stdout)
+    assert alerts
+    assert all(a["model_version"] != "untrained" for a in alerts), [
+        (a["time"], a["model_version"]) for a in alerts
+    ]
