@@ -689,8 +689,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--seasonal",
         choices=("on", "off"),
-        default="on",
-        help="scoring.seasonal: the daily profile's score (default on, as the setting)",
+        default="on" if ScoringSettings().seasonal else "off",
+        help="scoring.seasonal: the daily profile's score (default: as the setting)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, metavar="FILE", help="write the figures to FILE")
