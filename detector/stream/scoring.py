@@ -39,9 +39,9 @@ For every point, in arrival order per stream (DESIGN.md, "the hot path"):
    lies outside the range [lo, hi] of the stream's earlier raw values, in units of that
    range (values never seen before; Numenta's "spatial anomaly", the idea of CAD OSE's
    novel contexts), once the stream has run a day (its points before this one times its
-   usual interval; before, its range lacks phases of its daily cycle). The range learns every point, anomalies included (step 6), so a
-   recurring excursion is novel once. The dynamic mode's point also exceeds when the
-   novelty score reaches the threshold.
+   usual interval; before, its range lacks phases of its daily cycle). The range learns
+   every point, anomalies included (step 6), so a recurring excursion is novel once. The
+   dynamic mode's point also exceeds when the novelty score reaches the threshold.
    With ``seasonal`` (one value per point, likelihood and zscore modes), the score is also
    at least the seasonal score: a daily profile keeps, per bin b of SEASON_BINS of the
    time of day (UTC), the EWMA m_b of x̃ and d_b of |x̃ - m_b| (weight SEASON_ALPHA per
