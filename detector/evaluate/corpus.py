@@ -77,10 +77,7 @@ def load_labels(labels_path: str | Path, files: list[SeriesFile]) -> dict[str, l
     ignored, so a trimmed data directory can be scored with the full labels file.
     """
     path = Path(labels_path)
-    labels = _read_json_object(path, "file name -> windows")
-    missing = [f.name for f in files if f.name not in labels]
-    if missing:
-        raise InputFileError(f"{path}: no labels for {missing[:5]} ({len(missing)} files)")
+    labels = _read_file_table(path, files, "labels", "file name -> windows")
     windows = {}
     for f in files:
         stamps = _datetimes(f.timestamps)
@@ -108,10 +105,7 @@ def load_train_points(path: str | Path, files: list[SeriesFile]) -> dict[str, in
     corpus are ignored, as in :func:`load_labels`.
     """
     path = Path(path)
-    table = _read_json_object(path, "file name -> train points")
-    missing = [f.name for f in files if f.name not in table]
-    if missing:
-        raise InputFileError(f"{path}: no train points for {missing[:5]} ({len(missing)} files)")
+    table = _read_file_table(path, files, "train points", "file name -> train points")
     points = {}
     for f in files:
         n = table[f.name]
@@ -154,7 +148,8 @@ def _datetimes(ts: NDArray[np.float64]) -> NDArray[np.datetime64]:
     return np.round(ts * 1e6).astype(np.int64).astype("datetime64[us]")
 
 
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
+def _read_file_table(path: Path, files: list[SeriesFile], entry: str, what: str) -> dict[str, Any]:
+    """A JSON object keyed by data file name, with an entry for every file of ``files``."""
     try:
         doc: object = json.loads(path.read_bytes())
     except OSError as exc:
@@ -163,4 +158,7 @@ def _read_json_object(path: Path, what: str) -> dict[str, Any]:
         raise InputFileError(f"{path}: not JSON ({exc})") from None
     if not isinstance(doc, dict):
         raise InputFileError(f"{path}: expected an object of {what}")
+    missing = [f.name for f in files if f.name not in doc]
+    if missing:
+        raise InputFileError(f"{path}: no {entry} for {missing[:5]} ({len(missing)} files)")
     return doc

@@ -116,10 +116,12 @@ class Runner:
         if self.clock == "data":
             self._advance_data_time(newest_point(self.pipeline))
             if self.data_time is not None:
-                # Restoring stamps every stream as seen at `now`, which idle eviction compares
-                # with the clock: on data time it is the restored state's newest point, known
-                # only once restored.
-                self.pipeline.restore(_PARTITION, saved.groups, self.data_time)
+                # Restoring stamps every stream as seen at wall time, which idle eviction
+                # compares with the clock: on data time it is the restored state's newest
+                # point, known only once restored.
+                for group in self.pipeline.groups:
+                    for table in group.tables.values():
+                        table.last_seen[table.live_slots()] = self.data_time
         return saved
 
     def _open_source(self, saved: Checkpoint | None) -> FileSource | StdinSource:

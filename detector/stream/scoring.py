@@ -163,10 +163,10 @@ from detector.stream.state import (
     seen_rewind,
 )
 from detector.stream.threshold import (
-    PEAKS_GAIN,
     PEAKS_MIN_EXCESSES,
     dynamic_epsilon,
     dynamic_keeps_last_run,
+    peaks_factors,
     peaks_learn,
     peaks_score,
     tail_scores,
@@ -226,10 +226,10 @@ C_SEASONAL = 21
 C_SEASON_GATE = 22
 C_SEASON_WARMUP = 23
 C_PERSISTENCE = 24
-C_PEAKS_Q = 28
 C_ESCALATION = 25
 C_SHIFT_POINTS = 26
 C_SHIFT_STD = 27
+C_PEAKS_Q = 28
 N_CONFIG = 29
 
 # The seasonal score's fixed constants (module docstring).
@@ -542,9 +542,7 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
     novelty = novelty_scale > 0.0
     peaks_q = cfg[C_PEAKS_Q]
     peaks = peaks_q > 0.0 and mode != MODE_DYNAMIC
-    # the factors of the tail's u per point (threshold.peaks_factors)
-    peaks_up = math.exp(PEAKS_GAIN * (1.0 - peaks_q))
-    peaks_down = math.exp(-PEAKS_GAIN * peaks_q)
+    peaks_up, peaks_down = peaks_factors(peaks_q)  # what the tail's u is multiplied by
     persistence = cfg[C_PERSISTENCE] != 0.0  # the baseline forecast instead of the model's
     shift_points = int(cfg[C_SHIFT_POINTS])
     shift_std = cfg[C_SHIFT_STD]
@@ -757,8 +755,9 @@ def score_kernel(  # type: ignore[no-untyped-def]  # pragma: no cover - jitted
                 s_u[m] = _NO_SEASON
                 # Novelty once the stream has run a day: before, its range lacks phases of
                 # its daily cycle, and noise sets new extremes by chance.
-                known = n * float(rec_f[s, c_err + DT_MEAN]) >= _DAY
-                novel[m] = r if n > 0 and novelty and known else 0.0
+                novel[m] = (
+                    r if n > 0 and novelty and n * float(rec_f[s, c_err + DT_MEAN]) >= _DAY else 0.0
+                )
                 far_out[m] = 1.0 if far else 0.0
                 peak[m] = 0.0
                 if n == 0:

@@ -28,6 +28,8 @@ import math
 import numpy as np
 from numba import njit
 
+from detector.stream.state import PEAKS_M1, PEAKS_M2, PEAKS_N, PEAKS_U
+
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -142,25 +144,26 @@ def peaks_learn(rec, s: int, c: int, e: float, first: bool, up: float, down: flo
     multiplied by ``up`` (exp(PEAKS_GAIN (1 - q))) when exceeded and by ``down``
     (exp(-PEAKS_GAIN q)) otherwise, so it settles where a fraction q of the errors exceed
     it."""
-    u = float(rec[s, c])
+    u = float(rec[s, c + PEAKS_U])
     if first:
-        rec[s, c] = max(e, PEAKS_FLOOR)
+        rec[s, c + PEAKS_U] = max(e, PEAKS_FLOOR)
         return
     if e > u:
-        n = float(rec[s, c + 3]) + 1.0
+        n = float(rec[s, c + PEAKS_N]) + 1.0
         w = max(1.0 / n, PEAKS_WEIGHT)
         y = e - u
-        m1 = float(rec[s, c + 1])
-        m2 = float(rec[s, c + 2])
-        rec[s, c + 1] = m1 + w * (y - m1)
-        rec[s, c + 2] = m2 + w * (y * y - m2)
-        rec[s, c + 3] = n
-        rec[s, c] = u * up
+        m1 = float(rec[s, c + PEAKS_M1])
+        m2 = float(rec[s, c + PEAKS_M2])
+        rec[s, c + PEAKS_M1] = m1 + w * (y - m1)
+        rec[s, c + PEAKS_M2] = m2 + w * (y * y - m2)
+        rec[s, c + PEAKS_N] = n
+        rec[s, c + PEAKS_U] = u * up
     else:
-        rec[s, c] = max(u * down, PEAKS_FLOOR)
+        rec[s, c + PEAKS_U] = max(u * down, PEAKS_FLOOR)
 
 
-def peaks_factors(q: float) -> tuple[float, float]:
+@njit(**_JIT)
+def peaks_factors(q: float) -> tuple[float, float]:  # pragma: no cover - jitted
     """(up, down) of :func:`peaks_learn` for the quantile 1 - q."""
     return math.exp(PEAKS_GAIN * (1.0 - q)), math.exp(-PEAKS_GAIN * q)
 

@@ -161,6 +161,35 @@ def test_idle_eviction_follows_data_time(tmp_path: Path) -> None:
         assert (finished["evicted"], finished["streams"]) == (evicted, 2 - evicted)
 
 
+def test_restored_streams_are_stamped_with_data_time(tmp_path: Path) -> None:
+    """A checkpoint restored on the data clock stamps its streams as seen at the newest
+    restored point (not at wall time, years after the data): a stream that then stays
+    silent for longer than idle_ttl_s of data time is evicted in the resumed run."""
+    rng = np.random.default_rng(2)
+
+    def lines(lo: int, hi: int, streams: tuple[str, ...]) -> bytes:
+        return b"".join(
+            orjson.dumps({"stream": s, "ts": T0 + STEP_S * i, "value": float(rng.normal())})
+            + b"\n"
+            for i in range(lo, hi)
+            for s in streams
+        )
+
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(lines(0, 100, ("stays", "leaves")))
+    args = ("--source", f"file:{source}", "--state-dir", str(tmp_path / "state"))
+    env = {"DETECTOR_STREAMS__IDLE_TTL_S": "3600", "DETECTOR_RETRAINING__ENABLED": "false"}
+    first = detector(*args, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr.decode()
+    assert events(first.stderr, "run_finished")[0]["streams"] == 2
+    with source.open("ab") as f:  # two more hours of "stays" alone
+        f.write(lines(100, 220, ("stays",)))
+    resumed = detector(*args, cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    finished = events(resumed.stderr, "run_finished")[0]
+    assert (finished["evicted"], finished["streams"]) == (1, 1)
+
+
 @pytest.mark.parametrize(
     ("clock", "source", "follow", "expected"),
     [
